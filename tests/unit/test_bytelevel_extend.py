@@ -110,18 +110,21 @@ def test_matches_naive_reference(seed):
 # --------------------------------------------------------------------------------------------- byte helpers
 
 
+def as_bytelevel(text: str) -> str:
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in text.encode("utf-8"))
+
+
 def test_byte_alphabet_and_script_filter():
     table = bytes_to_unicode()
     assert len(table) == 256 and len(set(table.values())) == 256
-    assert (
-        token_bytes("Ġпр".encode().decode("utf-8") and "".join(table[b] for b in " пр".encode()))
-        == " пр".encode()
-    )
+    assert table[ord(" ")] == "Ġ" and table[ord("a")] == "a"
+    assert token_bytes(as_bytelevel(" привет")) == " привет".encode()
     assert token_bytes("日") is None  # not a byte-level character
     cyr = script_filter("cyrillic")
-    assert cyr("".join(table[b] for b in " при".encode()))
-    assert cyr("".join(table[b] for b in "ё,".encode()))
-    assert not cyr("Ġthe") and not cyr("".join(table[b] for b in "é".encode())) and not cyr("日")
+    assert cyr(as_bytelevel(" при")) and cyr(as_bytelevel("ё,")) and cyr(as_bytelevel("Ԁ"))
+    assert not cyr(as_bytelevel(" the")) and not cyr(as_bytelevel("é")) and not cyr(as_bytelevel("日本"))
+    assert not cyr("日")
     with pytest.raises(ValueError, match="unknown script"):
         script_filter("klingon")
 
@@ -132,15 +135,22 @@ def test_is_bytelevel_bpe_and_append_merges_keep_the_format():
     assert not is_bytelevel_bpe({"model": {"type": "BPE"}, "pre_tokenizer": {"type": "Metaspace"}})
     assert not is_bytelevel_bpe({"model": {"type": "Unigram"}, "pre_tokenizer": {"type": "ByteLevel"}})
     for merges in (["a b"], [["a", "b"]]):
-        tj = {"model": {"vocab": {"a": 0, "b": 1, "ab": 2}, "merges": merges}, "added_tokens": [{"id": 5}]}
+        vocab = {"a": 0, "b": 1, "ab": 2}
+        tj = {"model": {"vocab": vocab, "merges": merges}, "added_tokens": [{"id": 5, "content": "<s>"}]}
         out, first = append_merges(tj, [("ab", "a"), ("b", "b")])
-        assert first == 6 and out["model"]["vocab"] == {"a": 0, "b": 1, "ab": 2, "aba": 6, "bb": 7}
+        assert first == 6 and out["model"]["vocab"] == {**vocab, "<s>": 5, "aba": 6, "bb": 7}
         assert out["model"]["merges"][1:] == (
             ["ab a", "b b"] if isinstance(merges[0], str) else [["ab", "a"], ["b", "b"]]
         )
         assert tj["model"]["merges"] == merges  # input untouched
         with pytest.raises(ValueError, match="already in the base"):
             append_merges(tj, [("a", "b")])
+    clash = {
+        "model": {"vocab": {"a": 0, "b": 1}, "merges": []},
+        "added_tokens": [{"id": 1, "content": "<s>"}],
+    }
+    with pytest.raises(ValueError, match="clashes"):
+        append_merges(clash, [("a", "b")])
 
 
 # ---------------------------------------------------------------------------------------------- real bases
@@ -188,6 +198,12 @@ def assert_extension_invariants(base_dir: Path, out_dir: Path, num_new: int, res
 
     chat = [{"role": "user", "content": "Привет! How are you?"}, {"role": "assistant", "content": "Хорошо."}]
     assert new.apply_chat_template(chat, tokenize=False) == base.apply_chat_template(chat, tokenize=False)
+    chat = [
+        {"role": "user", "content": "Hi! How are you?"},
+        {"role": "assistant", "content": "Fine, thanks."},
+    ]
+    rendered = base.apply_chat_template(chat, tokenize=False)
+    assert new(rendered)["input_ids"] == base(rendered)["input_ids"]  # special tokens keep their ids
     assert (new.bos_token, new.eos_token, new.pad_token) == (base.bos_token, base.eos_token, base.pad_token)
 
 
@@ -237,6 +253,8 @@ def test_empty_or_unusable_text_raises(tmp_path):
         extend_bytelevel_tokenizer(base_dir, ["only English here, again and again"] * 5, 5, tmp_path / "a")
     with pytest.raises(ValueError, match="unknown script"):
         extend_bytelevel_tokenizer(base_dir, ["привет"], 5, tmp_path / "a", script="klingon")
+    with pytest.raises(TypeError, match="not one string"):
+        extend_bytelevel_tokenizer(base_dir, "привет привет", 5, tmp_path / "a")
     assert not (tmp_path / "a").exists()
 
 

@@ -71,7 +71,7 @@ def training_text(cfg: Config) -> tuple[list[str], list[str], dict]:
     return target, extra, info
 
 
-def _spm_options(cfg: Config, vocab_size: int, specials: build.SpecialTokens | None) -> spm.SpmOptions:
+def _spm_options(cfg: Config, vocab_size: int, specials: build.SpecialTokens) -> spm.SpmOptions:
     t = cfg.tokenizer
     common = dict(
         vocab_size=vocab_size,
@@ -80,8 +80,6 @@ def _spm_options(cfg: Config, vocab_size: int, specials: build.SpecialTokens | N
         seed=t.seed,
         num_threads=t.num_threads or spm.SpmOptions().num_threads,
     )
-    if specials is None:
-        return spm.SpmOptions(**common)
     return spm.SpmOptions(
         **common,
         special_tokens=tuple(specials.ordered()),
@@ -146,8 +144,8 @@ def _sweep(cfg: Config, lines: list[str], texts: dict, out: Path, specials) -> d
         d.mkdir(parents=True)
         t0 = time.perf_counter()
         model = spm.train_sentencepiece(lines, d / "spm", _spm_options(cfg, size, specials))
-        tok = build.build_standalone(model, d / "hf", specials or build.SpecialTokens(), None)
-        rows[f"new-{size // 1000}k"] = tok
+        tok = build.build_standalone(model, d / "hf", specials, None)
+        rows[f"vocab-{size}"] = tok
         log.info("sweep: %d pieces trained in %.1fs", size, time.perf_counter() - t0)
     rep = efficiency_report(rows, texts)
     write_report(rep, out, title="Vocabulary-size sweep")
@@ -166,7 +164,8 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
         raise ValueError("tokenizer.mode=extend needs source_model (the tokenizer to extend)")
     target, extra, info = training_text(cfg)
     texts, others = _report_inputs(cfg)
-    specials = build.special_tokens_of(base_tok) if (base_tok is not None and t.mode == "replace") else None
+    use_base = base_tok is not None and t.mode == "replace"
+    specials = build.special_tokens_of(base_tok) if use_base else build.DEFAULT_SPECIALS
 
     with rundir.staging(NAME) as out:
         t0 = time.perf_counter()
@@ -182,7 +181,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
         hf_dir = out / "hf"
         if t.mode == "replace":
             chat = base_tok.chat_template if base_tok is not None else None
-            tok = build.build_standalone(model, hf_dir, specials or build.SpecialTokens(), chat)
+            tok = build.build_standalone(model, hf_dir, specials, chat)
             pieces = {"new_vocab": len(tok)}
             if base_tok is not None:
                 from vikhr.tokenizer.surface import vocabulary_overlap

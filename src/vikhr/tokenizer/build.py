@@ -44,6 +44,10 @@ class SpecialTokens:
         return out
 
 
+DEFAULT_SPECIALS = SpecialTokens(bos="<s>", eos="</s>", unk="<unk>")
+"""Special tokens of a tokenizer trained without a base."""
+
+
 def special_tokens_of(tok) -> SpecialTokens:
     """Roles and special tokens of a loaded tokenizer, and whether it adds bos/eos when encoding."""
     others = []

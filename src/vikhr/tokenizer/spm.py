@@ -53,6 +53,7 @@ class SpmOptions:
     max_sentence_length: int = 1 << 15
     max_piece_length: int = 16
     allow_whitespace_only_pieces: bool = False
+    add_dummy_prefix: bool = False
     num_threads: int = os.cpu_count() or 1
     seed: int = 0
 
@@ -87,7 +88,7 @@ def train_sentencepiece(lines: Iterable[str], model_prefix: Path, opts: SpmOptio
         allow_whitespace_only_pieces=opts.allow_whitespace_only_pieces,
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",
-        add_dummy_prefix=True,
+        add_dummy_prefix=opts.add_dummy_prefix,
         unk_id=0,
         unk_piece=opts.unk_token,
         bos_id=-1,

@@ -1,0 +1,154 @@
+"""The vocabulary stage end to end on small inputs: outputs, manifest, skipping, reruns, failures."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from vikhr import pipeline
+from vikhr.cli import main
+from vikhr.config import load_config
+
+
+def make_config(tmp_path: Path, source_model: str, *extra: str):
+    p = tmp_path / "exp.yaml"
+    p.write_text(
+        f"run_dir: run\nsource_model: {json.dumps(source_model)}\n"
+        "tokenizer:\n  vocab_size: 2000\n  sample_chars: 300000\n  report_lines: 100\n"
+        "  report_tokenizers: []\n",
+        encoding="utf-8",
+    )
+    return p, load_config(p, list(extra))
+
+
+def test_replace_with_a_byte_level_base(tmp_path, tiny_smollm, flores):
+    path, cfg = make_config(tmp_path, str(tiny_smollm))
+    steps = pipeline.run(cfg)
+    assert [(s.name, s.action) for s in steps] == [("tokenizer", "run")]
+    out = tmp_path / "run" / "tokenizer"
+    for f in [
+        "hf/tokenizer.json",
+        "sentencepiece.model",
+        "report/report.md",
+        "report/efficiency.png",
+        "stats.json",
+    ]:
+        assert (out / f).is_file(), f
+    tok = AutoTokenizer.from_pretrained(out / "hf")
+    base = AutoTokenizer.from_pretrained(tiny_smollm)
+    assert len(tok) == 2000
+    # special tokens carried over by role, chat template works the same
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == (
+        base.bos_token, base.eos_token, base.pad_token, base.unk_token,
+    )  # fmt: skip
+    msgs = [{"role": "user", "content": "Привет"}, {"role": "assistant", "content": "Здравствуйте"}]
+    rendered = tok.apply_chat_template(msgs, tokenize=False)
+    assert rendered == base.apply_chat_template(msgs, tokenize=False)
+    ids = tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3
+    assert tok.decode(ids) == rendered
+    # every special token of the base exists in the new vocabulary
+    for t in base.added_tokens_decoder.values():
+        if t.special:
+            assert tok.convert_tokens_to_ids(t.content) != tok.unk_token_id or t.content == tok.unk_token
+    rec = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["tokenizer"]
+    m = rec["metrics"]
+    assert m["differing_lines"]["fast_vs_sentencepiece"] == {"ru": 0, "en": 0}
+    assert m["chars_per_token"]["ru"] > 1.5 * m["base_chars_per_token"]["ru"]  # 2k pieces only
+    assert m["pieces"]["shared"] + m["pieces"]["new"] <= 2000
+    assert rec["versions"]["transformers"] and rec["fingerprint"] and rec["seconds"] > 0
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert not list((tmp_path / "run").glob(".staging-*"))
+
+    # unchanged config: skipped; changed config: runs again; --force: runs again
+    assert [s.action for s in pipeline.run(cfg)] == ["skip"]
+    cfg2 = load_config(path, ["tokenizer.vocab_size=1800"])
+    assert [(s.action, s.reason) for s in pipeline.plan(cfg2, pipeline.open_rundir(cfg2))] == [
+        ("run", "config or inputs changed")
+    ]
+    assert [s.action for s in pipeline.run(cfg, force=["tokenizer"])] == ["run"]
+    rows = pipeline.status(cfg)
+    assert rows[0]["state"] == "done" and rows[0]["metrics"]["vocab_size"] == 2000
+
+
+def test_extend_a_sentencepiece_base_keeps_ids_and_english(tmp_path, tiny_mistral, flores):
+    _, cfg = make_config(tmp_path, str(tiny_mistral), "tokenizer.mode=extend", "tokenizer.vocab_size=4000")
+    pipeline.run(cfg)
+    out = tmp_path / "run" / "tokenizer"
+    tok = AutoTokenizer.from_pretrained(out / "hf")
+    base = AutoTokenizer.from_pretrained(tiny_mistral)
+    assert len(tok) > len(base)
+    vocab, bvocab = tok.get_vocab(), base.get_vocab()
+    assert all(vocab[p] == i for p, i in bvocab.items())
+    en = flores["en"][:200]
+    assert tok(en)["input_ids"] == base(en)["input_ids"]  # bos added like the base, same ids
+    stats = json.loads((out / "stats.json").read_text())["pieces"]
+    assert stats["base_kind"] == "sentencepiece" and stats["new"] == len(tok) - len(base)
+    eq = json.loads((out / "equivalence.json").read_text())
+    assert eq["fast_vs_sentencepiece"]["ru"]["differing"] == 0
+    assert eq["lines_changed_vs_base"]["en"] == 0
+
+
+def test_extend_a_byte_level_base(tmp_path, tiny_smollm, flores):
+    _, cfg = make_config(tmp_path, str(tiny_smollm), "tokenizer.mode=extend", "tokenizer.max_new_tokens=300")
+    pipeline.run(cfg)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "tokenizer" / "hf")
+    base = AutoTokenizer.from_pretrained(tiny_smollm)
+    assert len(tok) == len(base) + 300
+    en, ru = flores["en"][:200], flores["ru"][:200]
+    assert tok(en)["input_ids"] == base(en)["input_ids"]
+    assert sum(map(len, tok(ru)["input_ids"])) < sum(map(len, base(ru)["input_ids"]))
+
+
+def test_standalone_without_a_base_and_a_sweep(tmp_path):
+    _, cfg = make_config(tmp_path, "", "tokenizer.vocab_sizes=[1000, 1500]")
+    pipeline.run(cfg)
+    out = tmp_path / "run" / "tokenizer"
+    tok = AutoTokenizer.from_pretrained(out / "hf")
+    assert (tok.bos_token, tok.eos_token, tok.unk_token) == ("<s>", "</s>", "<unk>")
+    sweep = json.loads((out / "sweep" / "report.json").read_text())
+    assert sweep["vocab_sizes"] == {"vocab-1000": 1000, "vocab-1500": 1500}
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["tokenizer"]["metrics"]
+    cpt = m["sweep_chars_per_token"]
+    assert cpt["vocab-1500"]["ru"] > cpt["vocab-1000"]["ru"]
+    assert (out / "sweep" / "1000" / "hf" / "tokenizer.json").is_file()
+
+
+def test_failure_leaves_no_finished_looking_output(tmp_path, tiny_smollm):
+    _, cfg = make_config(tmp_path, str(tiny_smollm), "tokenizer.vocab_size=900000")
+    from vikhr.tokenizer.spm import TokenizerTrainingError
+
+    with pytest.raises(TokenizerTrainingError, match="too little text"):
+        pipeline.run(cfg)
+    run = tmp_path / "run"
+    assert not (run / "tokenizer").exists()
+    assert not list(run.glob(".staging-*"))
+    manifest = run / "manifest.json"
+    assert not manifest.exists() or json.loads(manifest.read_text())["stages"] == {}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("tokenizer.mode=merge", "must be one of"),
+        ("data.target=[/nonexistent/corpus]", "input not found: /nonexistent/corpus"),
+        ("source_model=/nonexistent/model", "/nonexistent/model"),
+        ("tokenizer.report_texts={ru: /nonexistent/ru.txt}", "/nonexistent/ru.txt"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, override, message):
+    path, _ = make_config(tmp_path, "")
+    assert main(["run", "-c", str(path), override]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_config_status_and_dry_run(tmp_path, capsys):
+    path, _ = make_config(tmp_path, "")
+    assert main(["config", "-c", str(path), "tokenizer.vocab_size=1234"]) == 0
+    assert "vocab_size: 1234" in capsys.readouterr().out
+    assert main(["run", "-c", str(path), "--dry-run"]) == 0
+    assert "tokenizer\trun\tnot run yet" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "tokenizer").exists()
+    assert main(["status", "-c", str(path)]) == 0
+    assert "not run" in capsys.readouterr().out
