@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections import Counter
@@ -125,6 +126,8 @@ def test_byte_alphabet_and_script_filter():
     assert cyr(as_bytelevel(" при")) and cyr(as_bytelevel("ё,")) and cyr(as_bytelevel("Ԁ"))
     assert not cyr(as_bytelevel(" the")) and not cyr(as_bytelevel("é")) and not cyr(as_bytelevel("日本"))
     assert not cyr("日")
+    anything = script_filter("any")
+    assert anything(as_bytelevel(" the")) and anything(as_bytelevel(" при")) and not anything("日")
     with pytest.raises(ValueError, match="unknown script"):
         script_filter("klingon")
 
@@ -178,10 +181,15 @@ def chars_per_token(tok, lines: list[str]) -> float:
     return sum(map(len, lines)) / sum(map(len, ids))
 
 
-def assert_extension_invariants(base_dir: Path, out_dir: Path, num_new: int, result) -> None:
+@functools.cache
+def load(path: Path):
     from transformers import AutoTokenizer
 
-    base, new = AutoTokenizer.from_pretrained(base_dir), AutoTokenizer.from_pretrained(out_dir)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def assert_extension_invariants(base_dir: Path, out_dir: Path, num_new: int, result) -> None:
+    base, new = load(base_dir), load(out_dir)
     assert result.new_tokens == num_new and result.final_size == result.base_size + num_new == len(new)
     assert result.base_size == len(base)
 

@@ -219,8 +219,9 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
 
         t0 = time.perf_counter()
         compare: dict[str, object] = {}
+        base_name = f"base: {Path(cfg.source_model).name or cfg.source_model}"
         if base_tok is not None:
-            compare["base"] = base_tok
+            compare[base_name] = base_tok
         compare[f"vikhr-{t.mode}"] = tok
         compare.update(others)
         report = efficiency_report(compare, texts)
@@ -253,7 +254,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
     }
     if base_tok is not None:
         record.metrics["base_chars_per_token"] = {
-            lang: round(mine[lang]["base"]["chars_per_token"], 3) for lang in mine
+            lang: round(mine[lang][base_name]["chars_per_token"], 3) for lang in mine
         }
     record.outputs = {"tokenizer": "tokenizer/hf", "report": "tokenizer/report/report.md"}
     record.metrics["timings"] = {k: round(v, 2) for k, v in timings.items()}
