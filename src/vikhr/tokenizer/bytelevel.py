@@ -20,11 +20,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from vikhr.log import get_logger, progress
+from vikhr.tokenizer.surface import bytelevel_to_bytes, bytes_to_unicode, unicode_to_bytes  # noqa: F401
 
 log = get_logger(__name__)
 
@@ -64,34 +64,9 @@ class ExtendResult:
 # --------------------------------------------------------------------------------------------------- byte level
 
 
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
-
-
-@lru_cache(maxsize=1)
-def unicode_to_bytes() -> dict[str, int]:
-    """Inverse of `bytes_to_unicode`."""
-    return {c: b for b, c in bytes_to_unicode().items()}
-
-
 def token_bytes(token: str) -> bytes | None:
     """The raw bytes a byte-level token stands for; None if it uses characters outside the byte alphabet."""
-    table = unicode_to_bytes()
-    try:
-        return bytes(table[ch] for ch in token)
-    except KeyError:
-        return None
+    return bytelevel_to_bytes(token)
 
 
 def script_filter(script: str) -> Callable[[str], bool]:

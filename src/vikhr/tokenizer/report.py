@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from vikhr.log import get_logger
 from vikhr.paths import shared_data_dir
+from vikhr.tokenizer.surface import is_bytelevel, unicode_to_bytes
 
 logger = get_logger(__name__)
 
@@ -138,24 +138,6 @@ def measure(tokenizer: Any, lines: list[str], batch_size: int = 1024) -> dict[st
     }
 
 
-@lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """The inverse of GPT-2's byte-to-printable-character table used by byte-level BPE."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return {c: b for b, c in chars.items()}
-
-
 def _readable_bytes(data: bytes) -> str:
     """UTF-8 text where the bytes form whole characters, `<0xD0>` for each byte that does not."""
     out, i = [], 0
@@ -171,25 +153,6 @@ def _readable_bytes(data: bytes) -> str:
     return "".join(out)
 
 
-def _is_byte_level(tokenizer: Any) -> bool:
-    """True when the fast tokenizer's decoder or pre-tokenizer is (or contains) ByteLevel."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return False
-    # Each component pickles as its tokenizer.json fragment; serialising the whole tokenizer takes seconds.
-    parts = [backend.decoder, backend.pre_tokenizer]
-    return any(p is not None and _has_type(json.loads(p.__getstate__()), "ByteLevel") for p in parts)
-
-
-def _has_type(component: Any, kind: str) -> bool:
-    """True when a tokenizer.json component, or one nested in a Sequence, has `"type": kind`."""
-    if isinstance(component, dict):
-        return component.get("type") == kind or any(_has_type(v, kind) for v in component.values())
-    if isinstance(component, list):
-        return any(_has_type(v, kind) for v in component)
-    return False
-
-
 def split_example(tokenizer: Any, sentence: str) -> list[str]:
     """The tokens of `sentence` as readable strings, one per token id.
 
@@ -200,9 +163,9 @@ def split_example(tokenizer: Any, sentence: str) -> list[str]:
     """
     ids = tokenizer(sentence, add_special_tokens=False)["input_ids"]
     pieces = tokenizer.convert_ids_to_tokens(ids)
-    if not _is_byte_level(tokenizer):
+    if not is_bytelevel(tokenizer):
         return list(pieces)
-    decoder, added = _byte_decoder(), tokenizer.added_tokens_decoder
+    decoder, added = unicode_to_bytes(), tokenizer.added_tokens_decoder
     out = []
     for i, piece in zip(ids, pieces, strict=True):
         if i in added or any(c not in decoder for c in piece):

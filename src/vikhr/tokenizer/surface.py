@@ -55,11 +55,20 @@ def sentencepiece_to_bytes(token: str) -> bytes:
 
 
 def is_bytelevel(tokenizer) -> bool:
-    """True for a fast tokenizer whose pre-tokenizer or decoder is ByteLevel (GPT-2 / Llama-3 / Qwen style)."""
+    """True for a fast tokenizer whose pre-tokenizer or decoder is (or contains) ByteLevel (GPT-2, Llama-3, Qwen)."""
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    spec = json.loads(backend.to_str())
-    blob = json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
-    return '"ByteLevel"' in blob
+    # Each component pickles as its tokenizer.json fragment; serialising the whole tokenizer takes seconds.
+    parts = [getattr(backend, "decoder", None), getattr(backend, "pre_tokenizer", None)]
+    return any(p is not None and _has_type(json.loads(p.__getstate__()), "ByteLevel") for p in parts)
+
+
+def _has_type(component, kind: str) -> bool:
+    """True when a tokenizer.json component, or one nested in a Sequence, has `"type": kind`."""
+    if isinstance(component, dict):
+        return component.get("type") == kind or any(_has_type(v, kind) for v in component.values())
+    if isinstance(component, list):
+        return any(_has_type(v, kind) for v in component)
+    return False
 
 
 def token_surfaces(tokenizer) -> dict[int, bytes | None]:
