@@ -118,8 +118,9 @@ def main() -> int:
         "eval": f"FLORES-200 devtest, {len(ru)} ru / {len(en)} en lines",
         "runs": runs,
     }
-    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-    OUT_JSON.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out_json = OUT_JSON if args.base is None else OUT_JSON.with_name(f"bytelevel_extend_{base_dir.name}.json")
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     print(
         "| new | size | seconds | RU c/t base -> new | EN c/t base -> new | EN lines changed | round-trip fails |"
@@ -132,7 +133,7 @@ def main() -> int:
             f"| {r['en_chars_per_token_base']:.3f} -> {r['en_chars_per_token_new']:.3f} "
             f"| {r['en_lines_changed']} | {r['roundtrip_failures']} |"
         )
-    print(f"wrote {OUT_JSON}")
+    print(f"wrote {out_json}")
     return 0 if all(r["en_lines_changed"] == 0 and r["roundtrip_failures"] == 0 for r in runs) else 2
 
 

@@ -58,7 +58,7 @@ def _print_status(rows: list[dict]) -> None:
     for r in rows:
         secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else "-"
         sys.stdout.write(f"{r['stage']:<12} {r['state']:<8} {secs:>8}  {r['dir']}\n")
-        metrics = {k: v for k, v in r["metrics"].items() if k not in ("timings", "pieces")}
+        metrics = {k: v for k, v in r["metrics"].items() if k != "timings"}
         for k, v in metrics.items():
             sys.stdout.write(f"    {k}: {json.dumps(v, ensure_ascii=False)}\n")
 

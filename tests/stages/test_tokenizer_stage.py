@@ -135,6 +135,7 @@ def test_failure_leaves_no_finished_looking_output(tmp_path, tiny_smollm):
         ("data.target=[/nonexistent/corpus]", "input not found: /nonexistent/corpus"),
         ("source_model=/nonexistent/model", "/nonexistent/model"),
         ("tokenizer.report_texts={ru: /nonexistent/ru.txt}", "/nonexistent/ru.txt"),
+        ("tokenizer.report_tokenizers=[./missing-tokenizer]", "missing-tokenizer"),
     ],
 )
 def test_cli_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, override, message):
@@ -152,3 +153,15 @@ def test_cli_config_status_and_dry_run(tmp_path, capsys):
     assert not (tmp_path / "run" / "tokenizer").exists()
     assert main(["status", "-c", str(path)]) == 0
     assert "not run" in capsys.readouterr().out
+
+
+def test_empty_and_non_utf8_inputs(tmp_path, capsys):
+    path, _ = make_config(tmp_path, "")
+    (tmp_path / "empty.txt").write_text("  \n\n", encoding="utf-8")
+    assert main(["run", "-c", str(path), "data.target=[empty.txt]"]) == 2
+    assert "no target-language text in empty.txt" in capsys.readouterr().err
+    (tmp_path / "cp1251.txt").write_bytes("Текст в другой кодировке".encode("cp1251"))
+    args = ["run", "-c", str(path), "data.target=[cp1251.txt]", "data.on_decode_error=error"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cp1251.txt: not valid UTF-8" in err and "line 1" in err

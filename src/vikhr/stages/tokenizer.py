@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vikhr.config import Config, resolve_path
 from vikhr.corpus.readers import ReadReport, iter_documents, paragraphs, sample_paragraphs
-from vikhr.log import get_logger
+from vikhr.log import get_logger, progress
 from vikhr.manifest import StageRecord
 from vikhr.rundir import RunDir
 from vikhr.tokenizer import build, spm
@@ -39,7 +39,7 @@ def _read_paragraphs(cfg: Config, specs: list[str], what: str) -> tuple[list[str
         on_decode_error=cfg.data.on_decode_error,
         report=report,
     )
-    for doc in docs:
+    for doc in progress(docs, desc=f"reading {what} text", unit="doc"):
         paras.extend(paragraphs(doc.text))
     if not paras:
         raise spm.TokenizerTrainingError(f"no {what} text in {', '.join(map(str, specs))}")
@@ -106,8 +106,14 @@ def _report_inputs(cfg: Config) -> tuple[dict[str, list[str]], dict[str, object]
     for spec in t.report_tokenizers:
         if spec == "shared":
             others.update(default_tokenizers())
+            continue
+        path = resolve_path(cfg, spec)
+        if path.exists():
+            others[path.name] = path
+        elif spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+            raise FileNotFoundError(f"tokenizer.report_tokenizers: no tokenizer folder {path} (nor a hub id)")
         else:
-            others[Path(spec).name or spec] = resolve_path(cfg, spec) if Path(spec).exists() else spec
+            others[spec] = spec  # a hub id, for users who have a hub
     return texts, others
 
 
