@@ -49,6 +49,10 @@ def package_versions() -> dict[str, str]:
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
+LARGE_FILE = 256 << 20
+"""Files above this size (model weights) are fingerprinted by size and their first and last MiB."""
+
+
 def file_digest(path: Path) -> str:
     """Content hash of a file (blake2b, 16 bytes), cached per (path, size, mtime) within the process."""
     st = path.stat()
@@ -56,8 +60,13 @@ def file_digest(path: Path) -> str:
     if key not in _HASH_CACHE:
         h = hashlib.blake2b(digest_size=16)
         with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+            if st.st_size > LARGE_FILE:
+                h.update(str(st.st_size).encode() + f.read(1 << 20))
+                f.seek(max(0, st.st_size - (1 << 20)))
+                h.update(f.read())
+            else:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
         _HASH_CACHE[key] = h.hexdigest()
     return _HASH_CACHE[key]
 

@@ -124,7 +124,8 @@ def _load_base(cfg: Config):
 
     if not cfg.source_model:
         return None, None
-    where = resolve_model(cfg.source_model)
+    local = resolve_path(cfg, cfg.source_model)  # a relative folder is taken from the config file's folder
+    where = resolve_model(str(local) if local.is_dir() else cfg.source_model)
     return Path(where), AutoTokenizer.from_pretrained(where)
 
 
@@ -283,7 +284,8 @@ def inputs(cfg: Config) -> dict:
         elif Path(spec).exists():
             others[spec] = path_fingerprint(Path(spec))
     src = cfg.source_model
-    model = path_fingerprint(Path(src)) if src and Path(src).is_dir() else src
+    local = resolve_path(cfg, src) if src else None
+    model = path_fingerprint(local) if local is not None and local.is_dir() else src
     return {"data": files, "report_texts": texts, "report_tokenizers": others, "source_model": model}
 
 
