@@ -93,9 +93,7 @@ def cmd_tokenizer_report(args) -> int:
         texts = default_texts()
     report = efficiency_report(toks, texts, example=args.example)
     files = write_report(report, Path(args.out))
-    sys.stdout.write(
-        Path(files["md"] if "md" in files else Path(args.out) / "report.md").read_text(encoding="utf-8")
-    )
+    sys.stdout.write(files["markdown"].read_text(encoding="utf-8"))
     return 0
 
 

@@ -165,3 +165,17 @@ def test_empty_and_non_utf8_inputs(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "cp1251.txt: not valid UTF-8" in err and "line 1" in err
+
+
+def test_cli_tokenizer_report(tmp_path, capsys, shared, flores):
+    ru, en = tmp_path / "ru.txt", tmp_path / "en.txt"
+    ru.write_text("\n".join(flores["ru"][:50]), encoding="utf-8")
+    en.write_text("\n".join(flores["en"][:50]), encoding="utf-8")
+    toks = shared / "tokenizers"
+    args = ["tokenizer-report", f"mistral={toks / 'mistral-7b-v0.1'}", str(toks / "smollm2-135m")]
+    assert main([*args, "--texts", f"ru={ru}", f"en={en}", "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "| mistral |" in out and "| smollm2-135m |" in out
+    assert (tmp_path / "rep" / "efficiency.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["tokenizer-report", str(tmp_path / "no-such-tokenizer"), "--out", str(tmp_path / "x")]) == 2
+    assert "no-such-tokenizer" in capsys.readouterr().err
