@@ -1,0 +1,1 @@
+"""Evaluation: bits per character, greedy continuations and embedding diagnostics."""
