@@ -72,6 +72,45 @@ class TokenizerConfig:
 
 
 @dataclass
+class TransplantConfig:
+    """The transplant stage: move the base model onto the new vocabulary."""
+
+    method: Literal["calibrated", "mean", "hewitt", "random", "first"] = "calibrated"
+    """Init of new rows: `mean` of the pieces' base rows (the paper), `hewitt` (mean of all rows + covariance
+    noise), `random`, `first` (the first piece's row), or `calibrated`: `mean`, then the new rows fitted to
+    next-token statistics with the body frozen (the default: measured best, see the README)."""
+    output_method: Literal["same", "mean", "hewitt", "random", "first"] = "same"
+    """Untied LM heads only: init of the head's new rows (`same`: as `method`)."""
+    pad_to_multiple: int = 64
+    """Pad the vocabulary to a multiple of this (padding rows are zero)."""
+    seed: int = 0
+    """Seed for random init methods and calibration."""
+    calibration_tokens: int = 40_000
+    """`calibrated`: tokens of target-language text (from `data.target`) to fit the new rows on."""
+    calibration_epochs: int = 4
+    """`calibrated`: passes over those tokens."""
+    calibration_lr: float = 3e-3
+    """`calibrated`: Adam learning rate."""
+    calibration_seq_len: int = 256
+    """`calibrated`: sequence length of the packed text."""
+    eval_texts: dict[str, str] = field(default_factory=dict)
+    """Held-out text per language for the diagnostics (`{ru: path, en: path}`); empty: FLORES devtest."""
+    eval_lines: int = 60
+    """Lines of each held-out text for bits per character."""
+    prompts: list[str] = field(
+        default_factory=lambda: [
+            "Столица России —",
+            "Однажды летом мы",
+            "The capital of France is",
+            "Once upon a time",
+        ]
+    )
+    """Prompts whose greedy continuations go into the report (base and transplanted model)."""
+    dominance_warning: float = 1.5
+    """Warn when the model's mass on new rows exceeds their share of the actual tokens by this factor."""
+
+
+@dataclass
 class Config:
     """One experiment: where to run, which base model, and each stage's settings."""
 
@@ -86,6 +125,7 @@ class Config:
     """Logging level."""
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    transplant: TransplantConfig = field(default_factory=TransplantConfig)
     config_path: str = field(default="", metadata={"internal": True})
     """Where the config was read from (set by the loader)."""
 

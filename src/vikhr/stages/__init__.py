@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from vikhr.stages import tokenizer
+from vikhr.stages import tokenizer, transplant
 
-STAGES: list[ModuleType] = [tokenizer]
+STAGES: list[ModuleType] = [tokenizer, transplant]
 
 
 def stage_names() -> list[str]:

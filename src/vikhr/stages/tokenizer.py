@@ -26,7 +26,7 @@ from vikhr.tokenizer.report import default_texts, default_tokenizers, efficiency
 log = get_logger(__name__)
 
 NAME = "tokenizer"
-VERSION = 1  # bump when the stage's output format or algorithm changes
+VERSION = 2  # bump when the stage's output format or algorithm changes
 
 
 def _read_paragraphs(cfg: Config, specs: list[str], what: str) -> tuple[list[str], ReadReport]:
@@ -212,6 +212,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
                     keep_cyrillic_only=keep,
                 )  # fmt: skip
         timings["build_s"] = time.perf_counter() - t0
+        build.write_origin(hf_dir, t.mode, cfg.source_model, base_tok)
 
         checks = {}
         if t.mode == "replace" or pieces.get("base_kind") == "sentencepiece":

@@ -20,6 +20,26 @@ from vikhr.tokenizer.surface import is_bytelevel
 log = get_logger(__name__)
 
 SP_MODEL_NAME = "sentencepiece.model"
+ORIGIN_FILE = "vikhr_tokenizer.json"
+"""Written beside the tokenizer: which base it was built for, so a later stage can refuse a mismatched model."""
+
+
+def vocab_digest(tok) -> str:
+    """A hash of a tokenizer's full vocabulary (token -> id, added tokens included)."""
+    from vikhr.manifest import digest
+
+    return digest(sorted(tok.get_vocab().items(), key=lambda kv: kv[1]))
+
+
+def write_origin(out_dir: Path, mode: str, source_model: str, base_tok) -> None:
+    """Record the base a tokenizer was made for (None for a tokenizer trained without one)."""
+    info = {
+        "mode": mode,
+        "source_model": source_model,
+        "base_vocab_size": len(base_tok) if base_tok is not None else None,
+        "base_vocab_digest": vocab_digest(base_tok) if base_tok is not None else None,
+    }
+    (Path(out_dir) / ORIGIN_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)
