@@ -51,7 +51,9 @@ def make_tokenizers(shared: Path, base_dir: str, work: Path, modes: list[str]) -
         build.build_standalone(model, out["replace"], specials, base_tok.chat_template)
     if "extend" in modes:
         out["extend"] = work / "extend"
-        build.extend_bytelevel(Path(base_dir), base_tok, paras, out["extend"], num_new=40_000, keep_cyrillic_only=True)
+        build.extend_bytelevel(
+            Path(base_dir), base_tok, paras, out["extend"], num_new=40_000, keep_cyrillic_only=True
+        )
     return out
 
 
@@ -123,7 +125,9 @@ def main() -> int:
             print(mode, method, entry, flush=True)
             RESULTS.mkdir(exist_ok=True)
             res["modes"][mode] = rows
-            (RESULTS / "transplant_bench.json").write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+            (RESULTS / "transplant_bench.json").write_text(
+                json.dumps(res, indent=2, ensure_ascii=False) + "\n"
+            )
     print(f"\nbits per character, first {args.lines} FLORES devtest sentences (base SmolLM2: RU {res['base']['ru']}, "
           f"EN {res['base']['en']})\n")  # fmt: skip
     print("| mode | method | RU bits/char | RU uniform bound | ratio | EN bits/char | seconds |")
