@@ -88,8 +88,8 @@ class TransplantConfig:
     calibration_tokens: int = 40_000
     """`calibrated`: tokens of target-language text (from `data.target`) to fit the new rows on."""
     calibration_epochs: int = 4
-    """`calibrated`: passes over those tokens."""
-    calibration_lr: float = 3e-3
+    """`calibrated`: passes over those tokens at most (the epoch with the lowest held-out loss is kept)."""
+    calibration_lr: float = 1e-3
     """`calibrated`: Adam learning rate."""
     calibration_seq_len: int = 256
     """`calibrated`: sequence length of the packed text."""

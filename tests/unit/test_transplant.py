@@ -157,10 +157,10 @@ def test_calibration_fits_only_the_given_rows():
     targets = torch.distributions.Categorical(logits=hidden @ true_w.T).sample()
     w0 = torch.zeros(20, 8)
     rows = list(range(10, 20))
-    fitted, losses = fit_rows(
-        hidden, targets, w0, rows, CalibrationOptions(epochs=5, lr=0.05, batch_tokens=500)
-    )
-    assert losses[-1] < losses[0]
+    opts = CalibrationOptions(epochs=5, lr=0.05, batch_tokens=500)
+    fitted, hist = fit_rows(hidden, targets, w0, rows, opts)
+    assert hist["train"][-1] < hist["train"][0] and min(hist["heldout"]) < hist["heldout"][0]
+    assert hist["best_epoch"] > 0
     assert torch.equal(fitted[:10], w0[:10]) and not torch.equal(fitted[10:], w0[10:])
 
 

@@ -27,7 +27,7 @@ class CalibrationOptions:
     tokens: int = 40_000
     seq_len: int = 256
     epochs: int = 4
-    lr: float = 3e-3
+    lr: float = 1e-3
     batch_tokens: int = 2048
     seed: int = 0
 
@@ -62,25 +62,45 @@ def final_hidden_states(model, rows: torch.Tensor, batch_size: int = 8) -> tuple
     return h, rows[:, 1:].reshape(-1)
 
 
+def _loss(hidden: torch.Tensor, targets: torch.Tensor, w: torch.Tensor, batch: int) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, hidden.shape[0], batch):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = hidden[i : i + batch] @ w.T
+            total += torch.nn.functional.cross_entropy(
+                logits.float(), targets[i : i + batch], reduction="sum"
+            ).item()
+    return total / max(1, hidden.shape[0])
+
+
 def fit_rows(
     hidden: torch.Tensor,
     targets: torch.Tensor,
     weight: torch.Tensor,
     rows: list[int],
     opts: CalibrationOptions,
-) -> tuple[torch.Tensor, list[float]]:
-    """Fit `weight[rows]` (the output matrix) to predict `targets` from `hidden`; other rows stay fixed."""
+) -> tuple[torch.Tensor, dict]:
+    """Fit `weight[rows]` (the output matrix) to predict `targets` from `hidden`; other rows stay fixed.
+
+    A tenth of the positions is held out; the weights of the epoch with the lowest held-out loss are returned
+    (34k rows fitted on 40k tokens overfit quickly: measured, a higher learning rate lowers the training loss
+    and raises bits per character on unseen text).
+    """
     g = torch.Generator().manual_seed(opts.seed)
+    order = torch.randperm(hidden.shape[0], generator=g)
+    n_val = max(1, hidden.shape[0] // 10)
+    val, train = order[:n_val], order[n_val:]
     w = weight.detach().float().clone().requires_grad_(True)
     mask = torch.zeros(w.shape[0], 1)
     mask[rows] = 1.0
     opt = torch.optim.Adam([w], lr=opts.lr)
-    losses = []
-    n = hidden.shape[0]
-    for _ in range(opts.epochs):
-        perm = torch.randperm(n, generator=g)
+    best_w, best = w.detach().clone(), _loss(hidden[val], targets[val], w, opts.batch_tokens)
+    history = {"train": [], "heldout": [round(best, 4)], "best_epoch": 0}
+    for epoch in range(1, opts.epochs + 1):
+        perm = train[torch.randperm(len(train), generator=g)]
         total = 0.0
-        for i in range(0, n, opts.batch_tokens):
+        for i in range(0, len(perm), opts.batch_tokens):
             idx = perm[i : i + opts.batch_tokens]
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 logits = hidden[idx] @ w.T
@@ -90,9 +110,13 @@ def fit_rows(
             opt.step()
             opt.zero_grad(set_to_none=False)
             total += loss.item() * len(idx)
-        losses.append(total / n)
-        log.info("calibration epoch %d: loss %.3f", len(losses), losses[-1])
-    return w.detach().to(weight.dtype), losses
+        heldout = _loss(hidden[val], targets[val], w, opts.batch_tokens)
+        history["train"].append(round(total / len(perm), 4))
+        history["heldout"].append(round(heldout, 4))
+        log.info("calibration epoch %d: loss %.3f, held-out %.3f", epoch, history["train"][-1], heldout)
+        if heldout < best:
+            best, best_w, history["best_epoch"] = heldout, w.detach().clone(), epoch
+    return best_w.to(weight.dtype), history
 
 
 def calibrate(model, stream: list[int], rows: list[int], tied: bool, opts: CalibrationOptions) -> dict:
@@ -102,14 +126,16 @@ def calibrate(model, stream: list[int], rows: list[int], tied: bool, opts: Calib
     hidden, targets = final_hidden_states(model, packed)
     t1 = time.perf_counter()
     head = model.get_output_embeddings().weight
-    fitted, losses = fit_rows(hidden, targets, head, rows, opts)
+    fitted, history = fit_rows(hidden, targets, head, rows, opts)
     with torch.no_grad():
         head[rows] = fitted[rows].to(head.device)  # tied: the embedding is the same tensor
     return {
         "tokens": int(targets.numel()),
         "rows_trained": len(rows),
         "rows_seen": len(set(targets.tolist()) & set(rows)),
-        "losses": [round(x, 4) for x in losses],
+        "losses": history["train"],
+        "heldout_losses": history["heldout"],
+        "best_epoch": history["best_epoch"],
         "tied": tied,
         "seconds_hidden": round(t1 - t0, 1),
         "seconds_fit": round(time.perf_counter() - t1, 1),

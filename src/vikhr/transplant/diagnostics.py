@@ -112,7 +112,8 @@ def markdown(report: dict) -> str:
     if report.get("calibration"):
         c = report["calibration"]
         lines += ["", f"Calibration: {c['tokens']:,} tokens, {c['rows_seen']:,} of {c['rows_trained']:,} new rows seen, "
-                  f"loss by epoch {c['losses']}, {c['seconds_hidden'] + c['seconds_fit']:.0f} s."]  # fmt: skip
+                  f"training loss by epoch {c['losses']}, held-out {c['heldout_losses']} (kept epoch {c['best_epoch']}), "
+                  f"{c['seconds_hidden'] + c['seconds_fit']:.0f} s."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
