@@ -90,6 +90,11 @@ def main() -> int:
     base_tok = AutoTokenizer.from_pretrained(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     res: dict = {"base": {}, "modes": {}, "lines": args.lines, "calibration_tokens": args.calibration_tokens}
+    previous = RESULTS / "transplant_bench.json"
+    if previous.is_file():  # a run with --methods X updates only those rows
+        old = json.loads(previous.read_text())
+        if old.get("lines") == args.lines and old.get("calibration_tokens") == args.calibration_tokens:
+            res["modes"] = old.get("modes", {})
     for lang, lines in texts.items():
         res["base"][lang] = round(bits_per_char(base, base_tok, lines).bits_per_char, 3)
     del base
@@ -101,7 +106,8 @@ def main() -> int:
         stream: list[int] = []
         for p in calib_paras:
             stream += [start_token_id(tok), *tok(p, add_special_tokens=False)["input_ids"]]
-        rows = {"vocab": len(tok), "rows": tmap.counts(), "methods": {}}
+        rows = res["modes"].get(mode, {}) | {"vocab": len(tok), "rows": tmap.counts()}
+        rows.setdefault("methods", {})
         for method in args.methods:
             model = AutoModelForCausalLM.from_pretrained(base_dir)
             t0 = time.perf_counter()

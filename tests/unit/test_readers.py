@@ -102,3 +102,15 @@ def test_paragraphs_and_deterministic_sampling():
     assert a != sample_paragraphs(paras, 200, seed=2)
     assert 200 <= sum(map(len, a)) < 240
     assert sample_paragraphs(paras, 0, seed=1) == paras
+
+
+def test_heldout_text_is_bundled_and_not_in_the_training_folders(monkeypatch):
+    from vikhr.paths import BUNDLED_DATA
+    from vikhr.tokenizer import report
+
+    monkeypatch.setattr(report, "shared_data_dir", lambda: None)
+    texts = report.default_texts()
+    assert len(texts["ru"]) > 50 and len(texts["en"]) > 50
+    training = "\n".join(d.text for d in iter_documents(["bundled:ru", "bundled:en"]))
+    assert texts["ru"][5] not in training and texts["en"][5] not in training
+    assert not list((BUNDLED_DATA / "ru").rglob("Крыжовник.txt"))

@@ -84,13 +84,26 @@ def default_tokenizers() -> dict[str, Path]:
     return {p.name: p for p in sorted((root / "tokenizers").iterdir()) if p.is_dir()}
 
 
+def bundled_heldout_texts() -> dict[str, list[str]]:
+    """Paragraphs the bundled training text leaves out (a Chekhov story, the end of an English novel)."""
+    from vikhr.paths import BUNDLED_DATA
+
+    folder = BUNDLED_DATA / "heldout"
+    return {
+        lang: [x for x in (folder / f"{lang}.txt").read_text(encoding="utf-8").split("\n") if x.strip()]
+        for lang in ("ru", "en")
+    }
+
+
 def default_texts() -> dict[str, list[str]]:
-    """FLORES-200 devtest lines from the shared data folder: {"ru": [...], "en": [...]}."""
+    """FLORES-200 devtest lines from the shared data folder: {"ru": [...], "en": [...]}; without it, the
+    bundled held-out text."""
     root = shared_data_dir()
     if root is None:
-        raise FileNotFoundError(
-            "shared data folder not found (set VIKHR_SHARED_DATA or place ../shared/data)"
+        logger.warning(
+            "no shared data folder (VIKHR_SHARED_DATA, ../shared/data): using the bundled held-out text"
         )
+        return bundled_heldout_texts()
     texts = {}
     for lang, name in FLORES_FILES.items():
         path = root / "parallel" / name
