@@ -176,3 +176,14 @@ def test_calibrate_on_a_tiny_model_lowers_the_loss_and_keeps_copied_rows():
     assert info["losses"][-1] < info["losses"][0] and is_tied(model)
     with pytest.raises(ValueError, match="at least 32 tokens"):
         pack([1, 2, 3], 32, 100)
+
+
+def test_calibrate_an_untied_model_changes_only_the_heads_new_rows():
+    model = tiny_model(50, tied=False)
+    emb = model.get_input_embeddings().weight.detach().clone()
+    head = model.get_output_embeddings().weight.detach().clone()
+    stream = [i % 17 + 30 for i in range(600)]
+    calibrate(model, stream, list(range(30, 50)), False, CalibrationOptions(tokens=600, seq_len=32, lr=0.05))
+    assert torch.equal(model.get_input_embeddings().weight, emb)
+    new_head = model.get_output_embeddings().weight
+    assert torch.equal(new_head[:30], head[:30]) and not torch.equal(new_head[30:], head[30:])

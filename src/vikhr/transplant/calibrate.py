@@ -66,7 +66,7 @@ def _loss(hidden: torch.Tensor, targets: torch.Tensor, w: torch.Tensor, batch: i
     total = 0.0
     with torch.no_grad():
         for i in range(0, hidden.shape[0], batch):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with _autocast(hidden.device):
                 logits = hidden[i : i + batch] @ w.T
             total += torch.nn.functional.cross_entropy(
                 logits.float(), targets[i : i + batch], reduction="sum"
@@ -88,21 +88,22 @@ def fit_rows(
     and raises bits per character on unseen text).
     """
     g = torch.Generator().manual_seed(opts.seed)
-    order = torch.randperm(hidden.shape[0], generator=g)
+    device = hidden.device
+    order = torch.randperm(hidden.shape[0], generator=g).to(device)
     n_val = max(1, hidden.shape[0] // 10)
     val, train = order[:n_val], order[n_val:]
-    w = weight.detach().float().clone().requires_grad_(True)
-    mask = torch.zeros(w.shape[0], 1)
+    w = weight.detach().float().to(device).clone().requires_grad_(True)
+    mask = torch.zeros(w.shape[0], 1, device=device)
     mask[rows] = 1.0
     opt = torch.optim.Adam([w], lr=opts.lr)
     best_w, best = w.detach().clone(), _loss(hidden[val], targets[val], w, opts.batch_tokens)
     history = {"train": [], "heldout": [round(best, 4)], "best_epoch": 0}
     for epoch in range(1, opts.epochs + 1):
-        perm = train[torch.randperm(len(train), generator=g)]
+        perm = train[torch.randperm(len(train), generator=g).to(device)]
         total = 0.0
         for i in range(0, len(perm), opts.batch_tokens):
             idx = perm[i : i + opts.batch_tokens]
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with _autocast(device):
                 logits = hidden[idx] @ w.T
             loss = torch.nn.functional.cross_entropy(logits.float(), targets[idx])
             loss.backward()
@@ -116,7 +117,7 @@ def fit_rows(
         log.info("calibration epoch %d: loss %.3f, held-out %.3f", epoch, history["train"][-1], heldout)
         if heldout < best:
             best, best_w, history["best_epoch"] = heldout, w.detach().clone(), epoch
-    return best_w.to(weight.dtype), history
+    return best_w.to(weight.device, weight.dtype), history
 
 
 def calibrate(model, stream: list[int], rows: list[int], tied: bool, opts: CalibrationOptions) -> dict:
@@ -126,7 +127,7 @@ def calibrate(model, stream: list[int], rows: list[int], tied: bool, opts: Calib
     hidden, targets = final_hidden_states(model, packed)
     t1 = time.perf_counter()
     head = model.get_output_embeddings().weight
-    fitted, history = fit_rows(hidden, targets, head, rows, opts)
+    fitted, history = fit_rows(hidden.to(head.device), targets.to(head.device), head, rows, opts)
     with torch.no_grad():
         head[rows] = fitted[rows].to(head.device)  # tied: the embedding is the same tensor
     return {
