@@ -66,10 +66,10 @@ def plan(
         rec = rundir.manifest.get(stage.NAME)
         if stage.NAME in force:
             action, reason = "run", "forced"
-        elif dirty:
-            action, reason = "run", "an earlier stage runs again"
         elif not rundir.is_done(stage.NAME):
             action, reason = "run", "not run yet"
+        elif dirty:
+            action, reason = "run", "an earlier stage runs again"
         elif rec.get("fingerprint") != fp:
             action, reason = "run", "config or inputs changed"
         else:

@@ -24,7 +24,7 @@ def make_config(tmp_path: Path, source_model: str, *extra: str):
 
 def test_replace_with_a_byte_level_base(tmp_path, tiny_smollm, flores):
     path, cfg = make_config(tmp_path, str(tiny_smollm))
-    steps = pipeline.run(cfg)
+    steps = pipeline.run(cfg, stop="tokenizer")
     assert [(s.name, s.action) for s in steps] == [("tokenizer", "run")]
     out = tmp_path / "run" / "tokenizer"
     for f in [
@@ -62,19 +62,20 @@ def test_replace_with_a_byte_level_base(tmp_path, tiny_smollm, flores):
     assert not list((tmp_path / "run").glob(".staging-*"))
 
     # unchanged config: skipped; changed config: runs again; --force: runs again
-    assert [s.action for s in pipeline.run(cfg)] == ["skip"]
+    assert [s.action for s in pipeline.run(cfg, stop="tokenizer")] == ["skip"]
     cfg2 = load_config(path, ["tokenizer.vocab_size=1800"])
-    assert [(s.action, s.reason) for s in pipeline.plan(cfg2, pipeline.open_rundir(cfg2))] == [
-        ("run", "config or inputs changed")
-    ]
-    assert [s.action for s in pipeline.run(cfg, force=["tokenizer"])] == ["run"]
+    assert [
+        (s.action, s.reason) for s in pipeline.plan(cfg2, pipeline.open_rundir(cfg2), stop="tokenizer")
+    ] == [("run", "config or inputs changed")]
+    assert [s.action for s in pipeline.run(cfg, stop="tokenizer", force=["tokenizer"])] == ["run"]
     rows = pipeline.status(cfg)
+    assert [r["state"] for r in rows] == ["done", "not run"]
     assert rows[0]["state"] == "done" and rows[0]["metrics"]["vocab_size"] == 2000
 
 
 def test_extend_a_sentencepiece_base_keeps_ids_and_english(tmp_path, tiny_mistral, flores):
     _, cfg = make_config(tmp_path, str(tiny_mistral), "tokenizer.mode=extend", "tokenizer.vocab_size=4000")
-    pipeline.run(cfg)
+    pipeline.run(cfg, stop="tokenizer")
     out = tmp_path / "run" / "tokenizer"
     tok = AutoTokenizer.from_pretrained(out / "hf")
     base = AutoTokenizer.from_pretrained(tiny_mistral)
@@ -92,7 +93,7 @@ def test_extend_a_sentencepiece_base_keeps_ids_and_english(tmp_path, tiny_mistra
 
 def test_extend_a_byte_level_base(tmp_path, tiny_smollm, flores):
     _, cfg = make_config(tmp_path, str(tiny_smollm), "tokenizer.mode=extend", "tokenizer.max_new_tokens=300")
-    pipeline.run(cfg)
+    pipeline.run(cfg, stop="tokenizer")
     tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "tokenizer" / "hf")
     base = AutoTokenizer.from_pretrained(tiny_smollm)
     assert len(tok) == len(base) + 300
@@ -103,7 +104,7 @@ def test_extend_a_byte_level_base(tmp_path, tiny_smollm, flores):
 
 def test_standalone_without_a_base_and_a_sweep(tmp_path):
     _, cfg = make_config(tmp_path, "", "tokenizer.vocab_sizes=[1000, 1500]")
-    pipeline.run(cfg)
+    pipeline.run(cfg, stop="tokenizer")
     out = tmp_path / "run" / "tokenizer"
     tok = AutoTokenizer.from_pretrained(out / "hf")
     assert (tok.bos_token, tok.eos_token, tok.unk_token) == ("<s>", "</s>", "<unk>")
@@ -120,7 +121,7 @@ def test_failure_leaves_no_finished_looking_output(tmp_path, tiny_smollm):
     from vikhr.tokenizer.spm import TokenizerTrainingError
 
     with pytest.raises(TokenizerTrainingError, match="too little text"):
-        pipeline.run(cfg)
+        pipeline.run(cfg, stop="tokenizer")
     run = tmp_path / "run"
     assert not (run / "tokenizer").exists()
     assert not list(run.glob(".staging-*"))
@@ -149,7 +150,8 @@ def test_cli_config_status_and_dry_run(tmp_path, capsys):
     assert main(["config", "-c", str(path), "tokenizer.vocab_size=1234"]) == 0
     assert "vocab_size: 1234" in capsys.readouterr().out
     assert main(["run", "-c", str(path), "--dry-run"]) == 0
-    assert "tokenizer\trun\tnot run yet" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tokenizer\trun\tnot run yet" in out and "transplant\trun\tnot run yet" in out
     assert not (tmp_path / "run" / "tokenizer").exists()
     assert main(["status", "-c", str(path)]) == 0
     assert "not run" in capsys.readouterr().out
