@@ -20,8 +20,9 @@ from vikhr.corpus.readers import ReadReport, iter_documents, paragraphs, sample_
 from vikhr.log import get_logger, progress
 from vikhr.manifest import StageRecord
 from vikhr.rundir import RunDir
+from vikhr.stages.common import held_out_texts
 from vikhr.tokenizer import build, spm
-from vikhr.tokenizer.report import default_texts, default_tokenizers, efficiency_report, write_report
+from vikhr.tokenizer.report import default_tokenizers, efficiency_report, write_report
 
 log = get_logger(__name__)
 
@@ -91,17 +92,7 @@ def _spm_options(cfg: Config, vocab_size: int, specials: build.SpecialTokens) ->
 
 def _report_inputs(cfg: Config) -> tuple[dict[str, list[str]], dict[str, object]]:
     t = cfg.tokenizer
-    if t.report_texts:
-        texts = {}
-        for lang, p in t.report_texts.items():
-            path = resolve_path(cfg, p)
-            if not path.is_file():
-                raise FileNotFoundError(f"tokenizer.report_texts.{lang}: file not found: {path}")
-            texts[lang] = [x for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
-    else:
-        texts = default_texts()
-    if t.report_lines > 0:
-        texts = {k: v[: t.report_lines] for k, v in texts.items()}
+    texts = held_out_texts(cfg, t.report_texts, "tokenizer.report_texts", t.report_lines)
     others: dict[str, object] = {}
     for spec in t.report_tokenizers:
         if spec == "shared":

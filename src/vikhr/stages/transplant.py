@@ -18,6 +18,7 @@ from vikhr.config import Config, resolve_path, to_dict
 from vikhr.log import get_logger
 from vikhr.manifest import StageRecord, path_fingerprint
 from vikhr.rundir import RunDir
+from vikhr.stages.common import held_out_texts
 from vikhr.tokenizer.build import ORIGIN_FILE, vocab_digest
 from vikhr.transplant import diagnostics as diag
 from vikhr.transplant.apply import build_matrices, install, is_tied
@@ -52,22 +53,6 @@ def check_same_base(tok_dir: Path, base_tok, source_model: str) -> None:
             f"({origin.get('base_vocab_size')} tokens), but source_model {source_model!r} has a different "
             f"vocabulary ({len(base_tok)} tokens); rerun the tokenizer stage for this model"
         )
-
-
-def _eval_texts(cfg: Config) -> dict[str, list[str]]:
-    from vikhr.tokenizer.report import default_texts
-
-    t = cfg.transplant
-    if t.eval_texts:
-        texts = {}
-        for lang, p in t.eval_texts.items():
-            path = resolve_path(cfg, p)
-            if not path.is_file():
-                raise FileNotFoundError(f"transplant.eval_texts.{lang}: file not found: {path}")
-            texts[lang] = [x for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
-    else:
-        texts = default_texts()
-    return {k: v[: t.eval_lines] for k, v in texts.items()}
 
 
 def _calibration_stream(cfg: Config, tok, start_id: int) -> list[int]:
@@ -119,7 +104,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
     tok = AutoTokenizer.from_pretrained(tok_dir)
     check_same_base(tok_dir, base_tok, cfg.source_model)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
-    texts = _eval_texts(cfg)
+    texts = held_out_texts(cfg, t.eval_texts, "transplant.eval_texts", t.eval_lines)
 
     t0 = time.perf_counter()
     base_side = diag.model_side(model, base_tok, texts, t.prompts)
