@@ -273,8 +273,10 @@ def inputs(cfg: Config) -> dict:
     for spec in cfg.tokenizer.report_tokenizers:
         if spec == "shared":
             others.update({k: path_fingerprint(v) for k, v in default_tokenizers().items()})
-        elif Path(spec).exists():
-            others[spec] = path_fingerprint(Path(spec))
+        elif resolve_path(cfg, spec).exists():
+            others[spec] = path_fingerprint(resolve_path(cfg, spec))
+        else:
+            others[spec] = spec  # a hub id
     src = cfg.source_model
     local = resolve_path(cfg, src) if src else None
     model = path_fingerprint(local) if local is not None and local.is_dir() else src
