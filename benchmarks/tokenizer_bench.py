@@ -127,16 +127,24 @@ def main() -> int:
 
     s = res["seconds"]
     print(f"RusLit: {rep.files} files ({len(rep.skipped)} skipped: not UTF-8), {chars:,} characters")
-    print(f"{args.vocab} pieces, median of {args.repeats}: {s['total_median']} s wall end to end "
-          f"(read {s['read']} s + SentencePiece {s['sentencepiece_median']} s + conversion); runs {s['runs']}")
-    print(f"FLORES chars/token: ru {res['flores_chars_per_token']['ru']}, en {res['flores_chars_per_token']['en']}")
+    print(
+        f"{args.vocab} pieces, median of {args.repeats}: {s['total_median']} s wall end to end "
+        f"(read {s['read']} s + SentencePiece {s['sentencepiece_median']} s + conversion); runs {s['runs']}"
+    )
+    print(
+        f"FLORES chars/token: ru {res['flores_chars_per_token']['ru']}, en {res['flores_chars_per_token']['en']}"
+    )
     print(f"fast vs SentencePiece, differing lines: {res['fast_vs_sentencepiece_differing_lines']}")
     print("\n| base | method | vocab | RU chars/token | EN FLORES lines changed |\n|---|---|---:|---:|---:|")
     for name, r in res["extend"].items():
         print(f"| {name} | base | 32,000 | {r['base_ru']} | 0 |")
-        print(f"| {name} | append, score 0 | {r['naive_score0']['vocab']:,} | {r['naive_score0']['ru']} "
-              f"| {r['naive_score0']['en_lines_changed']} |")
-        print(f"| {name} | vikhr extend | {r['ours']['vocab']:,} | {r['ours']['ru']} | {r['ours']['en_lines_changed']} |")
+        print(
+            f"| {name} | append, score 0 | {r['naive_score0']['vocab']:,} | {r['naive_score0']['ru']} "
+            f"| {r['naive_score0']['en_lines_changed']} |"
+        )
+        print(
+            f"| {name} | vikhr extend | {r['ours']['vocab']:,} | {r['ours']['ru']} | {r['ours']['en_lines_changed']} |"
+        )
     return 0
 
 
