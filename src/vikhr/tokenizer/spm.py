@@ -244,7 +244,7 @@ def merges_from_pieces(pieces: Sequence[tuple[str, float]], mergeable: set[str])
 
 def proto_to_tokenizer_json(proto: sp_pb2.ModelProto):
     """Build a `tokenizers.Tokenizer` that encodes exactly like the SentencePiece model `proto`."""
-    from tokenizers import AddedToken, Tokenizer, decoders, normalizers
+    from tokenizers import AddedToken, Tokenizer
     from tokenizers.models import BPE
 
     if proto.trainer_spec.model_type not in (sp_pb2.TrainerSpec.BPE, sp_pb2.TrainerSpec.UNIGRAM):
@@ -266,7 +266,6 @@ def proto_to_tokenizer_json(proto: sp_pb2.ModelProto):
     user = [p.piece for p in proto.pieces if p.type == USER_DEFINED]
     if user:
         tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in user])
-    del decoders, normalizers
     return tok
 
 
@@ -323,14 +322,16 @@ class EquivalenceResult:
     examples: list[dict]
 
 
-def check_equivalence(sp: spm.SentencePieceProcessor, fast, lines: Sequence[str], max_examples: int = 5):
-    """Encode `lines` with SentencePiece and with the fast tokenizer; count the lines whose ids differ."""
+def check_equivalence(
+    sp: spm.SentencePieceProcessor, fast, lines: Sequence[str], max_examples: int = 5
+) -> EquivalenceResult:
+    """Encode `lines` with SentencePiece and with the fast tokenizer (a `tokenizers.Tokenizer` or a transformers
+    tokenizer); count the lines whose ids differ."""
     sp_ids = sp.encode(list(lines))
-    fast_ids = (
-        [e.ids for e in fast.encode_batch(list(lines), add_special_tokens=False)]
-        if hasattr(fast, "encode_batch")
-        else fast(list(lines), add_special_tokens=False)["input_ids"]
-    )
+    if hasattr(fast, "encode_batch"):  # tokenizers.Tokenizer
+        fast_ids = [e.ids for e in fast.encode_batch(list(lines), add_special_tokens=False)]
+    else:
+        fast_ids = fast(list(lines), add_special_tokens=False)["input_ids"]
     diff = []
     for line, a, b in zip(lines, sp_ids, fast_ids, strict=True):
         if list(a) != list(b):
