@@ -2,7 +2,7 @@
 
 Output folder `tokenizer/`:
   hf/                   the Hugging Face tokenizer to use from here on (AutoTokenizer.from_pretrained)
-  sentencepiece.model   the trained SentencePiece model
+  sentencepiece.model   the trained SentencePiece model (not for `extend` of a byte-level base)
   equivalence.json      fast tokenizer vs SentencePiece on the report text (differing lines must be 0)
   report/               efficiency report: report.json, report.md, efficiency.png
   sweep/                one tokenizer per `tokenizer.vocab_sizes` entry and sweep.md/json
@@ -129,7 +129,7 @@ def _equivalence(model: Path, fast, texts: dict[str, list[str]]) -> dict:
     return out
 
 
-def _unchanged_lines(base_tok, new_tok, lines: list[str]) -> int:
+def _changed_lines(base_tok, new_tok, lines: list[str]) -> int:
     a = base_tok(lines, add_special_tokens=False)["input_ids"]
     b = new_tok(lines, add_special_tokens=False)["input_ids"]
     return sum(x != y for x, y in zip(a, b, strict=True))
@@ -165,15 +165,16 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
     use_base = base_tok is not None and t.mode == "replace"
     specials = build.special_tokens_of(base_tok) if use_base else build.DEFAULT_SPECIALS
 
+    kind = build.base_kind(base_dir, base_tok) if t.mode == "extend" else None
     with rundir.staging(NAME) as out:
-        t0 = time.perf_counter()
-        model = spm.train_sentencepiece(
-            target + extra, out / "spm", _spm_options(cfg, t.vocab_size, specials)
-        )
-        timings["sentencepiece_s"] = time.perf_counter() - t0
-        (out / "spm.model").rename(out / build.SP_MODEL_NAME)
-        (out / "spm.vocab").unlink(missing_ok=True)
-        model = out / build.SP_MODEL_NAME
+        model = None
+        if kind != "bytelevel":  # a byte-level base is extended with learned merges, not SentencePiece pieces
+            t0 = time.perf_counter()
+            spm.train_sentencepiece(target + extra, out / "spm", _spm_options(cfg, t.vocab_size, specials))
+            timings["sentencepiece_s"] = time.perf_counter() - t0
+            (out / "spm.model").rename(out / build.SP_MODEL_NAME)
+            (out / "spm.vocab").unlink(missing_ok=True)
+            model = out / build.SP_MODEL_NAME
 
         t0 = time.perf_counter()
         hf_dir = out / "hf"
@@ -186,7 +187,6 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
 
                 pieces.update(vocabulary_overlap(tok, base_tok))
         else:
-            kind = build.base_kind(base_dir, base_tok)
             keep = t.new_token_filter == "cyrillic"
             if kind == "sentencepiece":
                 tok, pieces = build.extend_sentencepiece(
@@ -210,7 +210,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
             checks["fast_vs_sentencepiece"] = _equivalence(hf_dir / build.SP_MODEL_NAME, tok, texts)
         if t.mode == "extend":
             checks["lines_changed_vs_base"] = {
-                lang: _unchanged_lines(base_tok, tok, ls) for lang, ls in texts.items()
+                lang: _changed_lines(base_tok, tok, ls) for lang, ls in texts.items()
             }
         (out / "equivalence.json").write_text(
             json.dumps(checks, indent=2, ensure_ascii=False), encoding="utf-8"

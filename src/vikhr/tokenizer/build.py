@@ -198,8 +198,8 @@ def extend_bytelevel(
         "base_kind": "bytelevel",
         "base_size": res.base_size,
         "new": res.new_tokens,
-        "shared": 0,
-        "dropped": getattr(res, "candidates_rejected", 0),
+        # learned merges whose token the base already had, or that fail the script filter
+        "dropped": res.candidates_rejected,
         "final_size": res.final_size,
     }
     return loaded, info
