@@ -50,7 +50,8 @@ def new_row_dominance(model, tokenizer, lines: list[str], new_rows: list[int], f
     """Mass the model puts on new rows vs the share of new tokens in the actual tokenization of `lines`."""
     mass = output_mass(model, tokenizer, lines, new_rows)
     ids = [i for line in lines for i in tokenizer(line, add_special_tokens=False)["input_ids"]]
-    share = sum(1 for i in ids if i in set(new_rows)) / max(1, len(ids))
+    new = set(new_rows)
+    share = sum(1 for i in ids if i in new) / max(1, len(ids))
     warn = mass > 0.5 and mass > factor * share
     return {"mass_on_new_rows": round(mass, 4), "share_of_new_tokens": round(share, 4), "warning": warn}
 
