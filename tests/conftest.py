@@ -69,3 +69,12 @@ def tiny_mistral(shared, tmp_path_factory) -> Path:
     return make_model_folder(
         tmp_path_factory.mktemp("tiny-mistral"), shared / "tokenizers" / "mistral-7b-v0.1"
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_smollm):
+    """A real `vikhr serve` process on loopback serving the tiny SmolLM2-tokenizer model as `tiny`."""
+    from vikhr.serve.launch import start_server
+
+    with start_server(tiny_smollm, "--served-model-name", "tiny") as srv:
+        yield srv
