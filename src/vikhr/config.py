@@ -111,6 +111,38 @@ class TransplantConfig:
 
 
 @dataclass
+class LLMConfig:
+    """The OpenAI-compatible endpoint that later stages call (corpus quality judge, translation)."""
+
+    base_url: str = ""
+    """Endpoint root ending in `/v1` (OpenAI, vLLM or `vikhr serve`); empty: $VIKHR_LLM_BASE_URL, else
+    $OPENAI_BASE_URL, else `http://127.0.0.1:8000/v1`."""
+    model: str = ""
+    """Model id sent with every request; empty: $VIKHR_LLM_MODEL, else the first id listed by GET /models."""
+    api_key_env: str = "VIKHR_LLM_API_KEY"
+    """Name of the environment variable holding the API key ($OPENAI_API_KEY when that one is unset); the key
+    itself never goes into config files or manifests. No key set: requests go without `Authorization`."""
+    max_concurrency: int = 8
+    """Requests in flight at once in batch calls (also the HTTP connection pool size)."""
+    max_retries: int = 5
+    """Retries per request after the first try, on 429, 408, 5xx, timeouts and dropped connections."""
+    timeout_s: float = 120.0
+    """Seconds to wait for one response (connecting: at most 10 of them)."""
+    backoff_s: float = 1.0
+    """First retry delay; doubles per retry with jitter, up to `max_backoff_s`; a `Retry-After` wins."""
+    max_backoff_s: float = 30.0
+    """Longest delay between two tries (a longer `Retry-After` is cut to this)."""
+    cache: bool = True
+    """Keep successful responses on disk, keyed by the request, so a rerun or resumed job pays once."""
+    cache_dir: str = ""
+    """Folder of the response cache; empty: `$VIKHR_CACHE/llm` (~/.cache/vikhr/llm)."""
+    temperature: float = 0.0
+    """Default sampling temperature of requests (a call's own `temperature=` wins)."""
+    max_tokens: int = 512
+    """Default limit on generated tokens per request (a call's own `max_tokens=` wins)."""
+
+
+@dataclass
 class Config:
     """One experiment: where to run, which base model, and each stage's settings."""
 
@@ -126,6 +158,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     transplant: TransplantConfig = field(default_factory=TransplantConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
     config_path: str = field(default="", metadata={"internal": True})
     """Where the config was read from (set by the loader)."""
 
