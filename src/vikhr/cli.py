@@ -97,6 +97,68 @@ def cmd_tokenizer_report(args) -> int:
     return 0
 
 
+def cmd_bench_generate(args) -> int:
+    from vikhr.eval.speed import compare, flores_texts, markdown_tables
+    from vikhr.models import resolve_model
+
+    setup_logging("INFO")
+    models: dict[str, str] = {}
+    for spec in args.model:
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).name or spec, "", spec)
+        if not name or not path:
+            raise ValueError(f"--model expects NAME=PATH_OR_ALIAS or PATH_OR_ALIAS, got {spec!r}")
+        if name in models:
+            raise ValueError(f"--model: the name {name!r} is given twice")
+        models[name] = resolve_model(path)
+    texts = flores_texts(args.prompts, args.chars, source=args.texts)
+    result = compare(
+        models, texts, repeats=args.repeats, warmup=args.warmup, free=args.free, seed=args.seed,
+        temperature=args.temperature, dtype=args.dtype, device=args.device, threads=args.threads,
+        interleave=args.interleave, free_chars=args.free_chars,
+    )  # fmt: skip
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        log.info("results written to %s", out)
+    sys.stdout.write(markdown_tables(result))
+    return 0
+
+
+def _add_bench_commands(sub) -> None:
+    """`vikhr bench generate`: speed measurements."""
+    bench = sub.add_parser("bench", help="speed measurements")
+    bench = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench.add_parser(
+        "generate", help="generation speed (tokens/s, Russian chars/s) of models on the same Russian text"
+    )
+    p.add_argument(
+        "--model", action="append", required=True,
+        help="NAME=PATH_OR_ALIAS (repeatable); the first is the baseline the ratios are taken against",
+    )  # fmt: skip
+    p.add_argument("--prompts", type=int, default=3, help="prompt + continuation pairs (FLORES devtest RU)")
+    p.add_argument("--chars", type=int, default=300, help="characters of each continuation, at least")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed passes before timing")
+    p.add_argument(
+        "--free", action=argparse.BooleanOptionalAction, default=True, help="also time free sampling"
+    )
+    p.add_argument(
+        "--free-chars", type=int, help="free generation: characters per prompt (default: each continuation's)"
+    )
+    p.add_argument("--temperature", type=float, default=0.7, help="free generation: sampling temperature")
+    p.add_argument("--seed", type=int, default=0, help="free generation: seed of the first text")
+    p.add_argument("--texts", help="sentences to use instead of FLORES, one per line")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    p.add_argument(
+        "--interleave", action="store_true", help="load all models at once and alternate the repeats"
+    )
+    p.add_argument("--out", help="write the full results (raw timings included) to this JSON file")
+    p.set_defaults(func=cmd_bench_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vikhr.stages import stage_names
 
@@ -138,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="tokenizer-report", help="output folder")
     p.set_defaults(func=cmd_tokenizer_report)
+    _add_bench_commands(sub)
+
+    from vikhr.serve.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 
