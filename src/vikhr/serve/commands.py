@@ -108,7 +108,10 @@ def cmd_chat(args) -> int:
     from vikhr.serve.chat import chat_loop
     from vikhr.serve.engine import SamplingParams
 
+    from transformers.utils import logging as hf_logging
+
     setup_logging(args.log_level if args.log_level != "INFO" else "WARNING")
+    hf_logging.disable_progress_bar()  # no weight-loading bar in the middle of a conversation
     engine = _engine(args, max_batch=1).start()
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
