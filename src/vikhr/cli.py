@@ -54,6 +54,17 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def cmd_corpus_annotate(args) -> int:
+    """`vikhr corpus annotate -c FILE`: LLM judge on a sample of the corpus, then the quality classifier."""
+    from vikhr import pipeline
+    from vikhr.stages.corpus import annotate
+
+    cfg = _load(args)
+    summary = annotate(cfg, pipeline.open_rundir(cfg))
+    sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
+    return 0
+
+
 def _print_status(rows: list[dict]) -> None:
     for r in rows:
         secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else "-"
@@ -182,10 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     for name in stage_names():
-        p = sub.add_parser(name, help=f"run only the {name} stage")
+        extra = " (`vikhr corpus annotate -c FILE`: LLM-judge a sample, train the quality classifier)"
+        p = sub.add_parser(name, help=f"run only the {name} stage" + (extra if name == "corpus" else ""))
         _add_config_args(p)
         p.add_argument("--force", action="store_true", help="rerun even if up to date")
         p.set_defaults(func=cmd_stage, stage=name)
+
+    p = sub.add_parser("corpus-annotate", help="same as `vikhr corpus annotate`")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_corpus_annotate)
 
     p = sub.add_parser("tokenizer-report", help="efficiency report for any tokenizers on parallel RU/EN text")
     p.add_argument("tokenizers", nargs="*", help="tokenizer folders or hub ids, optionally NAME=PATH")
@@ -209,14 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["corpus", "annotate"]:
+        argv = ["corpus-annotate", *argv[2:]]
     args = build_parser().parse_args(argv)
     from vikhr.config import ConfigError
     from vikhr.corpus.readers import InputError
+    from vikhr.llm import LLMError
     from vikhr.tokenizer.spm import TokenizerTrainingError
 
     try:
         return args.func(args)
-    except (ConfigError, InputError, TokenizerTrainingError, FileNotFoundError, ImportError, ValueError) as e:
+    except (
+        ConfigError, InputError, TokenizerTrainingError, LLMError, FileNotFoundError, ImportError, ValueError,
+    ) as e:  # fmt: skip
         log.error("%s", e)
         sys.stderr.write(f"vikhr: error: {e}\n")
         return 2

@@ -111,6 +111,104 @@ class TransplantConfig:
 
 
 @dataclass
+class FilterConfig:
+    """Heuristic paragraph filters (corpus stage); each drop is recorded with its reason. 0 turns a bound off."""
+
+    min_chars: int = 5
+    """Shorter paragraphs are dropped (`too_short`). Dialogue lines ("— Что?") are short and real text: at 20
+    characters 10% of Chekhov's paragraphs would go, at 5 it is 1.8% (chapter numbers, stray marks)."""
+    max_chars: int = 100_000
+    """Longer paragraphs are dropped (`too_long`): a 100 MB line is not prose."""
+    min_words: int = 1
+    """Paragraphs with fewer words are dropped (`too_few_words`)."""
+    min_script_share: float = 0.5
+    """Least share of letters in the target language's script (Cyrillic for `ru`), else `wrong_script`."""
+    max_repeated_word_share: float = 0.5
+    """Most share of words that repeat an earlier word among the paragraph's last few (`repetitive`)."""
+    max_top_ngram_share: float = 0.4
+    """Most share of characters covered by the most frequent word 3-gram, for paragraphs of 20+ words."""
+    boilerplate: bool = True
+    """Drop Project Gutenberg headers/footers, licence lines and URL/e-mail-only lines (`boilerplate`)."""
+
+
+@dataclass
+class DedupConfig:
+    """Paragraph-level deduplication across the whole corpus: exact, then MinHash-LSH near-duplicates."""
+
+    exact: bool = True
+    """Drop paragraphs whose normalised text (case, spaces, punctuation) was seen before (`exact_duplicate`)."""
+    near: bool = True
+    """Drop near-duplicates found by MinHash-LSH (`near_duplicate`); the first occurrence is kept."""
+    threshold: float = 0.8
+    """Jaccard similarity of word-shingle sets at which two paragraphs count as near-duplicates."""
+    ngram: int = 3
+    """Words per shingle."""
+    bands: int = 0
+    """LSH bands; 0: chosen with `rows` to put the S-curve's steep part at `threshold`."""
+    rows: int = 0
+    """Hashes per band; 0: chosen with `bands`."""
+    min_words: int = 5
+    """Shorter paragraphs get exact deduplication only (MinHash on a handful of words is noise)."""
+    seed: int = 1
+    """Seed of the MinHash permutations (the same on every worker)."""
+
+
+@dataclass
+class QualityConfig:
+    """LLM-judged quality labels, a classifier trained on them, and filtering by its score."""
+
+    filter: bool = False
+    """Score every kept item with the classifier and drop those below `threshold` (`low_quality`)."""
+    threshold: float = 0.5
+    """Least predicted probability of `good` to keep an item."""
+    classifier: str = ""
+    """A trained classifier folder; empty: `<run_dir>/quality/classifier`, which `vikhr corpus annotate` writes."""
+    kind: Literal["linear", "encoder"] = "linear"
+    """`linear`: character + word n-grams with logistic regression (CPU, seconds); `encoder`: fine-tune `encoder`."""
+    encoder: str = "cointegrated/rubert-tiny2"
+    """Hugging Face encoder for `kind: encoder` (a local folder or hub id; the paper used RuBERT-tiny)."""
+    annotate_items: int = 2000
+    """Items sent to the judge by `vikhr corpus annotate` (the paper: 20k documents)."""
+    good_score: float = 3.5
+    """Mean rubric score (1-5) at or above which a judged item is labelled `good`."""
+    seed: int = 0
+    """Seed of the annotation sample and the classifier's train/held-out split."""
+
+
+@dataclass
+class CorpusConfig:
+    """The corpus stage: read, split into paragraphs, filter, deduplicate, score, write shards and the table."""
+
+    sources: dict[str, list[str]] = field(default_factory=dict)
+    """Named sources, each a list of inputs (folders, .txt, .jsonl, .parquet); empty: one source per
+    `data.target` entry, named after it. Table 2's rows are these sources."""
+    paragraph_mode: Literal["line", "blank"] = "line"
+    """`line`: every non-empty line is a paragraph; `blank`: paragraphs are separated by blank lines."""
+    encoding_fallback: str = ""
+    """Encoding tried for a file that is not UTF-8 (e.g. `cp1251`), with a warning naming it; empty: such a file
+    follows `data.on_decode_error`."""
+    on_bad_record: Literal["error", "skip"] = "skip"
+    """A broken JSON line, a missing field or column: stop (`error`) or record it as dropped and go on."""
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    output_unit: Literal["document", "paragraph"] = "document"
+    """Shards hold documents re-assembled from their kept paragraphs in order, or the paragraphs themselves."""
+    shard_rows: int = 100_000
+    """Rows per output parquet shard."""
+    executor: Literal["local", "slurm", "ray"] = "local"
+    """datatrove executor: `local` (processes on this machine), `slurm` or `ray` for a cluster."""
+    tasks: int = 0
+    """datatrove tasks per step; 0: one per input file, at most 64."""
+    workers: int = 0
+    """Tasks run at once on this machine (`local`); 0: the number of CPU cores."""
+    executor_options: dict[str, Any] = field(default_factory=dict)
+    """Extra executor arguments, e.g. for Slurm `partition: cpu`, `time: "04:00:00"`, `cpus_per_task: "2"`."""
+    count_tokenizer: str = ""
+    """Tokenizer counting Table 2's tokens; empty: the source model's."""
+
+
+@dataclass
 class LLMConfig:
     """The OpenAI-compatible endpoint that later stages call (corpus quality judge, translation)."""
 
@@ -158,6 +256,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     transplant: TransplantConfig = field(default_factory=TransplantConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     config_path: str = field(default="", metadata={"internal": True})
     """Where the config was read from (set by the loader)."""

@@ -16,7 +16,10 @@ pytestmark = pytest.mark.slow
 def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
     monkeypatch.setenv("VIKHR_CACHE", str(tmp_path / "cache"))
     cfg = load_config("configs/demo.yaml", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20"])
-    assert [s.action for s in pipeline.run(cfg)] == ["run", "run"]
+    assert [s.action for s in pipeline.run(cfg)] == ["run", "run", "run"]
+    c = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["corpus"]["metrics"]
+    assert c["input_paragraphs"] > 9000 and 0.9 < c["kept_paragraphs"] / c["input_paragraphs"] < 1
+    assert c["dropped_exact_duplicate"] > 0
     rec = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["tokenizer"]
     m = rec["metrics"]
     assert m["vocab_size"] == cfg.tokenizer.vocab_size
@@ -30,4 +33,4 @@ def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
     assert t["rows"]["copied"] > 1000 and t["rows"]["special"] == 17
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "transplant" / "model")
     assert model.config.vocab_size == 32000 and model.config.tie_word_embeddings
-    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip"]
+    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip"]

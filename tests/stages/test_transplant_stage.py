@@ -29,7 +29,7 @@ def make_config(tmp_path: Path, source_model: Path, *extra: str):
 def test_transplant_stage_end_to_end(tmp_path, tiny_smollm):
     _, cfg = make_config(tmp_path, tiny_smollm)
     steps = pipeline.run(cfg)
-    assert [(s.name, s.action) for s in steps] == [("tokenizer", "run"), ("transplant", "run")]
+    assert [(s.name, s.action) for s in steps] == [("corpus", "run"), ("tokenizer", "run"), ("transplant", "run")]
     out = tmp_path / "run" / "transplant"
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     tok = AutoTokenizer.from_pretrained(out / "model")
@@ -62,10 +62,10 @@ def test_transplant_stage_end_to_end(tmp_path, tiny_smollm):
     assert "Greedy continuations" in (out / "transplant_report.md").read_text()
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["transplant"]["metrics"]
     assert m["timings"]["transplant_s"] < 60
-    # unchanged: both skip; a transplant setting changes: only transplant reruns
-    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip"]
+    # unchanged: all skip; a transplant setting changes: only transplant reruns
+    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip"]
     cfg2 = load_config(tmp_path / "exp.yaml", ["transplant.method=mean"])
-    assert [s.action for s in pipeline.run(cfg2)] == ["skip", "run"]
+    assert [s.action for s in pipeline.run(cfg2)] == ["skip", "skip", "run"]
     assert json.loads((out / "transplant_report.json").read_text())["calibration"] is None
 
 

@@ -105,10 +105,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_chat(args) -> int:
+    from transformers.utils import logging as hf_logging
+
     from vikhr.serve.chat import chat_loop
     from vikhr.serve.engine import SamplingParams
-
-    from transformers.utils import logging as hf_logging
 
     setup_logging(args.log_level if args.log_level != "INFO" else "WARNING")
     hf_logging.disable_progress_bar()  # no weight-loading bar in the middle of a conversation

@@ -30,13 +30,15 @@ NAME = "tokenizer"
 VERSION = 2  # bump when the stage's output format or algorithm changes
 
 
-def _read_paragraphs(cfg: Config, specs: list[str], what: str) -> tuple[list[str], ReadReport]:
+def _read_paragraphs(
+    cfg: Config, specs: list[str], what: str, text_field: str | None = None
+) -> tuple[list[str], ReadReport]:
     report = ReadReport()
     paras: list[str] = []
     docs = iter_documents(
         specs,
         base=resolve_path(cfg, "."),
-        text_field=cfg.data.text_field,
+        text_field=text_field or cfg.data.text_field,
         on_decode_error=cfg.data.on_decode_error,
         report=report,
     )
@@ -48,10 +50,25 @@ def _read_paragraphs(cfg: Config, specs: list[str], what: str) -> tuple[list[str
     return paras, report
 
 
-def training_text(cfg: Config) -> tuple[list[str], list[str], dict]:
-    """Target paragraphs (sampled to `sample_chars`) and second-language paragraphs at `extra_share`."""
+def corpus_output(rundir: RunDir | None) -> Path | None:
+    """The corpus stage's kept text (parquet shards) when that stage has finished in this run directory."""
+    if rundir is None or not rundir.is_done("corpus"):
+        return None
+    data = rundir.stage_dir("corpus") / "data"
+    return data if any(data.glob("*.parquet")) else None
+
+
+def training_text(cfg: Config, rundir: RunDir | None = None) -> tuple[list[str], list[str], dict]:
+    """Target paragraphs (sampled to `sample_chars`) and second-language paragraphs at `extra_share`.
+
+    The target text is the corpus stage's output (filtered and deduplicated) when it exists, else `data.target`.
+    """
     t = cfg.tokenizer
-    target, rep_t = _read_paragraphs(cfg, cfg.data.target, "target-language")
+    corpus = corpus_output(rundir)
+    if corpus is not None:
+        target, rep_t = _read_paragraphs(cfg, [str(corpus)], "target-language (corpus stage)", "text")
+    else:
+        target, rep_t = _read_paragraphs(cfg, cfg.data.target, "target-language")
     target = sample_paragraphs(target, t.sample_chars, t.seed)
     n_target = sum(map(len, target))
     extra: list[str] = []
@@ -63,6 +80,7 @@ def training_text(cfg: Config) -> tuple[list[str], list[str], dict]:
         budget = int(n_target * t.extra_share / (1 - t.extra_share))
         extra = sample_paragraphs(pool, budget, t.seed + 1)
     info = {
+        "target_source": str(corpus) if corpus is not None else list(map(str, cfg.data.target)),
         "target_paragraphs": len(target),
         "target_chars": n_target,
         "extra_paragraphs": len(extra),
@@ -160,7 +178,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
     base_dir, base_tok = _load_base(cfg)
     if t.mode == "extend" and base_tok is None:
         raise ValueError("tokenizer.mode=extend needs source_model (the tokenizer to extend)")
-    target, extra, info = training_text(cfg)
+    target, extra, info = training_text(cfg, rundir)
     texts, others = _report_inputs(cfg)
     use_base = base_tok is not None and t.mode == "replace"
     specials = build.special_tokens_of(base_tok) if use_base else build.DEFAULT_SPECIALS
