@@ -29,7 +29,11 @@ def make_config(tmp_path: Path, source_model: Path, *extra: str):
 def test_transplant_stage_end_to_end(tmp_path, tiny_smollm):
     _, cfg = make_config(tmp_path, tiny_smollm)
     steps = pipeline.run(cfg)
-    assert [(s.name, s.action) for s in steps] == [("corpus", "run"), ("tokenizer", "run"), ("transplant", "run")]
+    assert [(s.name, s.action) for s in steps] == [
+        ("corpus", "run"),
+        ("tokenizer", "run"),
+        ("transplant", "run"),
+    ]
     out = tmp_path / "run" / "transplant"
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     tok = AutoTokenizer.from_pretrained(out / "model")
