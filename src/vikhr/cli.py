@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     from vikhr.serve.commands import add_commands
 
     add_commands(sub)
+
+    from vikhr.merge import add_merge_command
+
+    add_merge_command(sub)
     return parser
 
 
