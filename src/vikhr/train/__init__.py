@@ -1,0 +1,1 @@
+"""Continued pre-training: KL losses, token alignment, reference models, the Trainer subclass, packing."""
