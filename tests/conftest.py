@@ -41,14 +41,15 @@ def ru_sample() -> list[str]:
     return out
 
 
-def make_model_folder(dest: Path, tokenizer_dir: Path) -> Path:
-    """A tiny Llama model (random weights) saved with the tokenizer files of `tokenizer_dir`."""
+def make_model_folder(dest: Path, tokenizer_dir: Path, *, tie: bool = True, extra_vocab: int = 0) -> Path:
+    """A tiny Llama model (random weights) saved with the tokenizer files of `tokenizer_dir`; `tie=False` unties
+    the head, `extra_vocab` adds rows past the tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+        vocab_size=len(tok) + extra_vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tie,
     )  # fmt: skip
     LlamaForCausalLM(cfg).save_pretrained(dest)
     for f in tokenizer_dir.iterdir():

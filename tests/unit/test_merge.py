@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,22 +108,6 @@ def test_merge_state_dicts_int_buffers_and_ties():
 # --- whole model folders -------------------------------------------------------------------------------------
 
 
-def _untied_or_resized(dest: Path, tok_dir: Path, *, tie: bool, extra_vocab: int = 0) -> Path:
-    """Like make_model_folder, but untied and/or with a different vocabulary size."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=len(AutoTokenizer.from_pretrained(tok_dir)) + extra_vocab, hidden_size=16,
-        intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-        tie_word_embeddings=tie,
-    )  # fmt: skip
-    LlamaForCausalLM(cfg).save_pretrained(dest)
-    for f in tok_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, dest / f.name)
-    return dest
-
-
 @pytest.fixture(scope="module")
 def pair(shared, tmp_path_factory) -> tuple[Path, Path]:
     """Two tiny tied Llama folders with the SmolLM2 tokenizer and different random weights."""
@@ -179,10 +162,10 @@ def test_merge_t0_reproduces_model_a_exactly(pair, tmp_path):
 def test_merge_rejects_tied_vs_untied_and_other_vocab(pair, shared, tmp_path):
     a, _ = pair
     tok = shared / "tokenizers" / "smollm2-135m"
-    untied = _untied_or_resized(tmp_path / "untied", tok, tie=False)
+    untied = make_model_folder(tmp_path / "untied", tok, tie=False)
     with pytest.raises(ValueError, match="tied and an untied model"):
         merge_models(str(a), str(untied), tmp_path / "out1")
-    bigger = _untied_or_resized(tmp_path / "bigger", tok, tie=True, extra_vocab=64)
+    bigger = make_model_folder(tmp_path / "bigger", tok, tie=True, extra_vocab=64)
     with pytest.raises(
         ValueError, match=r"vocab_size is 49152 in model A but 49216 in model B.*transplant/model"
     ):
