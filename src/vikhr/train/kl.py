@@ -274,3 +274,15 @@ def ce_and_kl(
     return _ChunkedHeadLoss.apply(
         h, weight, y, ce_scale, kl_scale, ref_fn, direction, chunk, torch.is_grad_enabled()
     )
+
+
+def chunked_ce(hidden: Tensor, weight: Tensor, labels: Tensor, chunk: int = 1024) -> Tensor:
+    """Mean CE of `hidden @ weight.T` against already-shifted `labels` (-100 ignored; 0 when none), chunked."""
+    h = hidden.reshape(-1, hidden.shape[-1])
+    y = labels.reshape(-1)
+    rows = (y != IGNORE_INDEX).nonzero().squeeze(1)
+    h, y = h.index_select(0, rows), y[rows]
+    acc = torch.promote_types(torch.promote_types(h.dtype, weight.dtype), torch.float32)
+    scale = torch.full((h.shape[0],), 1.0 / max(h.shape[0], 1), dtype=acc, device=h.device)
+    ce, _ = _ChunkedHeadLoss.apply(h, weight, y, scale, None, None, "reverse", chunk, torch.is_grad_enabled())
+    return ce
