@@ -141,7 +141,24 @@ class _Seq:
     generator: torch.Generator | None
     ids: list[int] = field(default_factory=list)
     sent: int = 0  # characters already sent as deltas
-    text: str = ""
+    text: str = ""  # the completion decoded so far (complete characters only until the sequence ends)
+    prefix: int = 0  # incremental decoding window: ids[prefix:read] gave the last decoded piece
+    read: int = 0
+
+    def decode_more(self, tokenizer, end: int | None = None, final: bool = False) -> None:
+        """Extend `text` by the new tokens (up to `end`) decoding only a short window of ids, not all of them.
+
+        The window trick (as in vLLM/TGI): decode ids[prefix:read] and ids[prefix:end]; the difference is the new
+        text, held back while it ends in an unfinished UTF-8 character unless `final`.
+        """
+        end = len(self.ids) if end is None else end
+        if end <= self.read:
+            return
+        before = tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = tokenizer.decode(self.ids[self.prefix : end], skip_special_tokens=True)
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text += after[len(before) :]
+            self.prefix, self.read = self.read, end
 
 
 @dataclass
@@ -384,20 +401,15 @@ class Engine:
             s.ids.append(tok)
             self.stats.completion_tokens += 1
             p = s.req.params
-            reason = None
-            if tok in self.eos_ids and not p.ignore_eos:
-                reason = "stop"
-                text = self.tokenizer.decode(s.ids[:-1], skip_special_tokens=True)
-            else:
-                text = self.tokenizer.decode(s.ids, skip_special_tokens=True)
+            reason = "stop" if tok in self.eos_ids and not p.ignore_eos else None
+            if reason is None and (len(s.ids) >= p.max_tokens or s.req.cancelled):
+                reason = "length" if len(s.ids) >= p.max_tokens else "cancelled"
+            s.decode_more(self.tokenizer, len(s.ids) - (reason == "stop"), final=reason is not None)
+            text = s.text
             cut = find_stop(text, list(p.stop), s.sent) if p.stop else -1
             if cut >= 0:
                 text, reason = text[:cut], "stop"
-            elif reason is None and len(s.ids) >= p.max_tokens:
-                reason = "length"
-            if s.req.cancelled:
-                reason = reason or "cancelled"
-            s.text = text
+                s.text = text
             safe = len(text) if reason else len(text) - held_back(text, list(p.stop))
             if safe > s.sent:
                 s.req.events.put(Delta(s.index, text[s.sent : safe]))
