@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 
 from vikhr.paths import BUNDLED_DATA
 from vikhr.train.packing import PackedDataset, PackingCollator
-from vikhr.train.trainer import KLTrainer
+from vikhr.train.trainer import KLTrainer, TrainingDiverged
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,8 @@ def _model(folder):
 
 
 def _trainer(folder, out, dataset, *, steps=2, model=None, **kw) -> KLTrainer:
-    trainer_kw = {k: kw.pop(k) for k in ("reference", "kl_weight", "kl_chunk", "kl_direction") if k in kw}
+    names = ("reference", "kl_weight", "kl_chunk", "kl_direction", "base_model", "shared_ids", "freeze_steps")
+    trainer_kw = {k: kw.pop(k) for k in names if k in kw}
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=kw.pop("batch", 2), max_steps=steps,
         learning_rate=kw.pop("lr", 1e-2), report_to=[], save_strategy=kw.pop("save_strategy", "no"),
@@ -64,9 +65,114 @@ def test_ce_matches_model_loss(tiny_smollm, dataset, tmp_path):
         torch.testing.assert_close(out["ce"].float(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_reference_base_is_not_implemented(tiny_smollm, dataset, tmp_path):
-    with pytest.raises(NotImplementedError, match="base"):
+def _texts(n: int = 4) -> list[str]:
+    text = (BUNDLED_DATA / "ru" / "chekhov" / "Ванька.txt").read_text(encoding="utf-8")
+    ru = [p for p in text.split("\n") if len(p) > 80][:n]
+    return [p[:150] for p in ru] + [
+        "The cat sat on the mat, and the dog slept by the door.",
+        "Hello world, again.",
+    ]
+
+
+def test_reference_base_is_the_aligned_kl_over_the_shared_vocabulary(tiny_smollm, tiny_mistral, tmp_path):
+    """New side: a tiny model with Mistral's SentencePiece tokenizer; base: a tiny model with SmolLM2's
+    byte-level one. The trainer's KL equals the brute-force formula: full logits of both models on each text,
+    pairs from `aligned_positions`, log-softmax over the shared vocabulary on both sides."""
+    from vikhr.train.align import aligned_positions, encode_tokens, shared_keys, shared_vocab_map, token_keys
+    from vikhr.train.kl import kl_from_logits
+
+    new_tok, base_tok = (
+        AutoTokenizer.from_pretrained(tiny_mistral),
+        AutoTokenizer.from_pretrained(tiny_smollm),
+    )
+    texts = _texts()
+    ds = PackedDataset(texts, new_tok, seq_len=128, split_long=False, last="pad", base_tokenizer=base_tok)
+    assert ds.stats.truncated == 0 and ds.aligned > 20  # whole documents, several per row
+    base = _model(tiny_smollm)
+    base.model.norm.weight.data *= 20  # sharper distributions than a random tiny model's near-uniform ones
+    ids = shared_vocab_map(new_tok, base_tok)
+    tr = _trainer(tiny_mistral, tmp_path, ds, reference="base", base_model=base, shared_ids=ids, kl_chunk=5)
+    tr.model.eval()
+    with torch.no_grad():
+        _, out = tr.compute_loss(tr.model, _batch(ds, range(len(ds))), return_outputs=True)
+        shared = shared_keys(new_tok, base_tok)
+        nk, bk = token_keys(new_tok), token_keys(base_tok)
+        new_rows, base_rows = [], []
+        for text in texts:
+            n_ids, n_toks = encode_tokens(new_tok, text, nk)
+            b_ids, b_toks = encode_tokens(base_tok, text, bk)
+            pairs = aligned_positions(text, n_toks, b_toks, shared)
+            nl = tr.model(torch.tensor([n_ids]), use_cache=False).logits[0]
+            bl = base(torch.tensor([b_ids]), use_cache=False).logits[0]
+            new_rows.append(nl[[t for t, _ in pairs]])
+            base_rows.append(bl[[u for _, u in pairs]])
+        new_logits, base_logits = torch.cat(new_rows), torch.cat(base_rows)
+    assert len(new_logits) == ds.aligned
+    expected = kl_from_logits(new_logits[:, ids[0]], base_logits[:, ids[1]])
+    assert expected > 0.1
+    torch.testing.assert_close(out["kl"], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_reference_base_with_itself_is_zero_and_trains(tiny_smollm, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_smollm)
+    ds = PackedDataset(_texts() * 2, tok, seq_len=48, base_tokenizer=tok)  # documents split across rows
+    assert ds.aligned > 0.8 * len(ds) * 48
+    from vikhr.train.align import shared_vocab_map
+
+    kw = dict(reference="base", base_model=_model(tiny_smollm), shared_ids=shared_vocab_map(tok, tok))
+    tr = _trainer(tiny_smollm, tmp_path, ds, steps=5, kl_weight=1.0, **kw)
+    tr.model.eval()
+    with torch.no_grad():
+        _, out = tr.compute_loss(tr.model, _batch(ds), return_outputs=True)
+    assert out["kl"].abs().item() < 1e-6
+    tr.train()
+    logs = [h for h in tr.state.log_history if "kl" in h]
+    assert logs[0]["kl"] < 1e-6 < logs[-1]["kl"]
+
+
+def test_base_reference_needs_a_base_view(tiny_smollm, dataset, tmp_path):
+    with pytest.raises(ValueError, match="base_model"):
         _trainer(tiny_smollm, tmp_path, dataset, reference="base")
+    from vikhr.train.align import shared_vocab_map
+
+    tok = AutoTokenizer.from_pretrained(tiny_smollm)
+    tr = _trainer(tiny_smollm, tmp_path, dataset, reference="base", base_model=_model(tiny_smollm),
+                  shared_ids=shared_vocab_map(tok, tok))  # fmt: skip
+    with pytest.raises(ValueError, match="base_tokenizer"):
+        tr.compute_loss(tr.model, _batch(dataset))
+
+
+def test_freeze_steps_train_only_embeddings_then_everything(tiny_mistral, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_mistral)
+    ds = PackedDataset(_texts() * 3, tok, seq_len=32)
+    tr = _trainer(tiny_mistral, tmp_path, ds, steps=2, freeze_steps=2, kl_weight=0.0)
+    start = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+    tr.train()
+    emb = ("model.embed_tokens.weight", "lm_head.weight")
+    for k, v in tr.model.named_parameters():
+        assert torch.equal(v, start[k]) != (k in emb), k
+    tr = _trainer(tiny_mistral, tmp_path, ds, steps=3, freeze_steps=2, kl_weight=0.0)
+    tr.train()
+    assert not torch.equal(dict(tr.model.named_parameters())["model.layers.0.mlp.up_proj.weight"],
+                           start["model.layers.0.mlp.up_proj.weight"])  # fmt: skip
+
+
+def test_nan_loss_stops_with_the_step_and_the_last_checkpoint(tiny_smollm, dataset, tmp_path):
+    model = _model(tiny_smollm)
+    tr = _trainer(tiny_smollm, tmp_path, dataset, steps=4, model=model, save_strategy="steps", save_steps=2)
+    state = {}
+
+    def poison(*_a, **_k):
+        if tr.state.global_step == 2 and not state:
+            state["before"] = model.model.norm.weight.detach().clone()
+            model.model.norm.weight.data[0] = float("nan")
+
+    tr.add_callback(type("Poison", (TrainerCallback,), {"on_step_begin": lambda self, *a, **k: poison()}))
+    with pytest.raises(TrainingDiverged, match=r"optimizer step 3.*checkpoint-2"):
+        tr.train()
+    # the optimizer never ran on the NaN gradients: every other weight is still finite
+    finite = [torch.isfinite(v).all().item() for k, v in model.named_parameters() if k != "model.norm.weight"]
+    assert all(finite)
 
 
 def test_loss_falls_and_ce_kl_are_logged(tiny_smollm, dataset, tmp_path):

@@ -19,6 +19,7 @@ Tokens are compared by raw bytes (`vikhr.tokenizer.surface`), special and added 
 from __future__ import annotations
 
 from collections.abc import Container, Hashable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -142,3 +143,84 @@ def aligned_kl(
     comes chunked from `chunked_kl(h_new, W_new[new_ids], ref_hidden=h_base, ref_weight=W_base[base_ids])`.
     """
     return kl_from_logits(new_logits[..., new_ids], base_logits[..., base_ids], mask, direction)
+
+
+# ------------------------------------------------------------------------------------------- packed rows
+
+Span = tuple[int, int]
+
+
+def segment_tokens(
+    doc_text: str,
+    doc_ids: Sequence[int],
+    doc_offsets: Sequence[Span],
+    keys: dict[int, bytes | str],
+    start: int,
+    end: int,
+    *,
+    bos_id: int | None,
+    eos_id: int | None,
+) -> tuple[str, list[Token]]:
+    """The text of one packed segment and its tokens as (key, start, end) relative to that text.
+
+    The segment is tokens [start, end) of the document as packed: `[bos] + doc_ids + [eos]` (each only when its
+    id is given). bos and eos become zero-width tokens at the segment's start and end, so they are never the
+    next token of an aligned position.
+    """
+    lead = 1 if bos_id is not None else 0
+    a, b = max(start - lead, 0), min(end - lead, len(doc_ids))
+    if a < b:
+        lo = min(s for s, _ in doc_offsets[a:b])
+        hi = max(e for _, e in doc_offsets[a:b])
+    else:
+        lo = hi = 0
+    text = doc_text[lo:hi]
+    out: list[Token] = []
+    for i in range(start, end):
+        j = i - lead
+        if j < 0:
+            out.append((keys[bos_id], 0, 0))
+        elif j >= len(doc_ids):
+            out.append((keys[eos_id], len(text), len(text)))
+        else:
+            s, e = doc_offsets[j]
+            out.append((keys[doc_ids[j]], s - lo, e - lo))
+    return text, out
+
+
+@dataclass(frozen=True)
+class BaseRow:
+    """A packed row's segments re-tokenized by the base tokenizer, and the position pairs to compare."""
+
+    input_ids: Tensor
+    """[L] base token ids, segment after segment (no special tokens)."""
+    position_ids: Tensor
+    """[L] positions restarting at 0 at every segment (the base model sees the same document boundaries)."""
+    new_pos: Tensor
+    """[P] positions in the packed row whose prediction is compared ..."""
+    base_pos: Tensor
+    """[P] ... with the base model's prediction at these positions of `input_ids`."""
+
+
+def base_row(
+    segments: Sequence[tuple[str, Sequence[Token]]],
+    base_tok,
+    base_keys: dict[int, bytes | str],
+    shared: Container[Hashable],
+) -> BaseRow:
+    """Build the base view of a packed row from its segments (text, new-side tokens) in row order."""
+    ids: list[int] = []
+    pos: list[int] = []
+    new_pos: list[int] = []
+    base_pos: list[int] = []
+    offset = 0
+    for text, new_tokens in segments:
+        b_ids, b_tokens = encode_tokens(base_tok, text, base_keys) if text else ([], [])
+        for t, u in aligned_positions(text, new_tokens, b_tokens, shared):
+            new_pos.append(offset + t)
+            base_pos.append(len(ids) + u)
+        ids += b_ids
+        pos += range(len(b_ids))
+        offset += len(new_tokens)
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return BaseRow(as_long(ids), as_long(pos), as_long(new_pos), as_long(base_pos))

@@ -48,6 +48,11 @@ class PackedSequence:
     """Segment lengths in order, summing to seq_len; the padding segment, if any, is the last."""
     num_pad: int = 0
     """Padding tokens at the end of the row (only the last row of a stream packed with `last="pad"`)."""
+    sources: tuple[tuple[int, int, int], ...] = ()
+    """(document index, start, end) of each non-padding segment: a slice of that document's tokens as packed
+    (bos/eos included), in row order; filled in by `pack`."""
+    base: Any = None
+    """The same text under the base model's tokenizer (`vikhr.train.align.BaseRow`) for the `base` KL reference."""
 
     @property
     def cu_seqlens(self) -> torch.Tensor:
@@ -99,7 +104,13 @@ class PackStats:
         }
 
 
-def make_sequence(ids: Sequence[int], seg_lens: Sequence[int], seq_len: int, pad_id: int) -> PackedSequence:
+def make_sequence(
+    ids: Sequence[int],
+    seg_lens: Sequence[int],
+    seq_len: int,
+    pad_id: int,
+    sources: Sequence[tuple[int, int, int]] = (),
+) -> PackedSequence:
     """Build one row from concatenated segment tokens, padding the tail with `pad_id` as its own segment."""
     if sum(seg_lens) != len(ids) or len(ids) > seq_len or any(n <= 0 for n in seg_lens):
         raise ValueError(f"segments {list(seg_lens)} do not tile {len(ids)} tokens within seq_len={seq_len}")
@@ -112,7 +123,7 @@ def make_sequence(ids: Sequence[int], seg_lens: Sequence[int], seq_len: int, pad
     labels[starts] = IGNORE_INDEX
     if num_pad:
         labels[len(ids) :] = IGNORE_INDEX
-    return PackedSequence(input_ids, position_ids, labels, lens, num_pad)
+    return PackedSequence(input_ids, position_ids, labels, lens, num_pad, tuple(sources))
 
 
 def _with_specials(doc: Sequence[int], bos_id: int | None, eos_id: int | None) -> list[int]:
@@ -144,16 +155,18 @@ def pack(
     stats = stats if stats is not None else PackStats()
     buf: list[int] = []
     lens: list[int] = []
+    srcs: list[tuple[int, int, int]] = []
 
     def flush() -> PackedSequence:
-        row = make_sequence(buf, lens, seq_len, pad_id)
+        row = make_sequence(buf, lens, seq_len, pad_id, srcs)
         stats.sequences += 1
         stats.padded += row.num_pad
         buf.clear()
         lens.clear()
+        srcs.clear()
         return row
 
-    for doc in docs:
+    for d, doc in enumerate(docs):
         stats.documents += 1
         if len(doc) == 0:
             stats.empty += 1
@@ -168,6 +181,7 @@ def pack(
                 yield flush()
             buf.extend(toks)
             lens.append(len(toks))
+            srcs.append((d, 0, len(toks)))
             if len(buf) == seq_len:
                 yield flush()
             continue
@@ -176,6 +190,7 @@ def pack(
             take = min(seq_len - len(buf), len(toks) - start)
             buf.extend(toks[start : start + take])
             lens.append(take)
+            srcs.append((d, start, start + take))
             start += take
             if len(buf) == seq_len:
                 yield flush()
@@ -200,6 +215,10 @@ class PackingCollator:
 
     `flash_varlen_kwargs=True` adds `cu_seq_lens_q/k` (int32, over the flattened batch) and `max_length_q/k`
     for flash-attention kernels, which otherwise isolate documents only at batch size 1.
+
+    Rows with a base view (`PackedDataset(base_tokenizer=...)`) add `base_input_ids` / `base_position_ids`
+    ([batch, longest base row], zero-padded as a segment of its own) and `align_new` / `align_base`: flat indices
+    into [batch × seq_len] and [batch × base length] of the position pairs to compare.
     """
 
     flash_varlen_kwargs: bool = False
@@ -217,7 +236,32 @@ class PackingCollator:
             cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
             batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cu
             batch["max_length_q"] = batch["max_length_k"] = max(lens)
+        if features[0].base is not None:
+            batch.update(_collate_base(features))
         return batch
+
+
+def _collate_base(features: Sequence[PackedSequence]) -> dict[str, torch.Tensor]:
+    if any(f.base is None for f in features):
+        raise ValueError("PackingCollator: some rows have a base view and some do not")
+    width = max(1, *(len(f.base.input_ids) for f in features))
+    seq_len = features[0].input_ids.shape[0]
+    ids = torch.zeros(len(features), width, dtype=torch.long)
+    pos = torch.zeros(len(features), width, dtype=torch.long)
+    new, base = [], []
+    for i, f in enumerate(features):
+        n = len(f.base.input_ids)
+        ids[i, :n] = f.base.input_ids
+        pos[i, :n] = f.base.position_ids
+        pos[i, n:] = torch.arange(width - n)
+        new.append(f.base.new_pos + i * seq_len)
+        base.append(f.base.base_pos + i * width)
+    return {
+        "base_input_ids": ids,
+        "base_position_ids": pos,
+        "align_new": torch.cat(new),
+        "align_base": torch.cat(base),
+    }
 
 
 def check_model_for_packing(model: Any, *, flash_varlen_kwargs: bool = False) -> None:
@@ -256,18 +300,26 @@ class PackedDataset(Dataset):
         split_long: bool = True,
         last: Literal["drop", "pad"] = "drop",
         batch_size: int = 1000,
+        base_tokenizer: Any = None,
     ) -> None:
         bos_id = _special_id(tokenizer, "bos") if add_bos else None
         eos_id = _special_id(tokenizer, "eos") if add_eos else None
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
         self.seq_len = seq_len
         self.stats = PackStats()
-        docs = tokenize_batched(texts, tokenizer, batch_size)
-        self.rows: list[PackedSequence] = list(
-            pack(docs, seq_len, bos_id=bos_id, eos_id=eos_id, split_long=split_long, last=last,
-                 pad_id=pad_id, stats=self.stats)
-        )  # fmt: skip
-        log.info("packed %s", self.stats.as_dict())
+        self.aligned = 0
+        """Positions paired with the base tokenization (`base_tokenizer` given), over all rows."""
+        opts = dict(bos_id=bos_id, eos_id=eos_id, split_long=split_long, last=last, pad_id=pad_id)
+        if base_tokenizer is None:
+            docs = tokenize_batched(texts, tokenizer, batch_size)
+            self.rows: list[PackedSequence] = list(pack(docs, seq_len, stats=self.stats, **opts))
+        else:
+            texts = list(texts)
+            enc = tokenize_with_offsets(texts, tokenizer, batch_size)
+            rows = pack((ids for ids, _ in enc), seq_len, stats=self.stats, **opts)
+            self.rows = list(_with_base_views(rows, texts, enc, tokenizer, base_tokenizer, bos_id, eos_id))
+            self.aligned = sum(len(r.base.new_pos) for r in self.rows)
+        log.info("packed %s", self.stats.as_dict() | ({"aligned": self.aligned} if self.aligned else {}))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -293,6 +345,42 @@ def tokenize_batched(texts: Iterable[str], tokenizer: Any, batch_size: int = 100
             chunk = []
     if chunk:
         yield from tokenizer(chunk, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_with_offsets(
+    texts: Sequence[str], tokenizer: Any, batch_size: int = 1000
+) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(ids, character offsets) of each text, without special tokens (needs a fast tokenizer)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer: no character offsets for alignment"
+        )
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            list(texts[i : i + batch_size]), add_special_tokens=False, return_offsets_mapping=True
+        )
+        out += [
+            (list(ids), [tuple(o) for o in offs])
+            for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+        ]
+    return out
+
+
+def _with_base_views(rows, texts, enc, tokenizer, base_tokenizer, bos_id, eos_id) -> Iterator[PackedSequence]:
+    """Attach to each row its text re-tokenized by `base_tokenizer` and the aligned position pairs."""
+    from dataclasses import replace
+
+    from vikhr.train.align import base_row, segment_tokens, shared_keys, token_keys
+
+    keys, base_keys = token_keys(tokenizer), token_keys(base_tokenizer)
+    shared = shared_keys(tokenizer, base_tokenizer)
+    for row in rows:
+        segments = [
+            segment_tokens(texts[d], enc[d][0], enc[d][1], keys, a, b, bos_id=bos_id, eos_id=eos_id)
+            for d, a, b in row.sources
+        ]
+        yield replace(row, base=base_row(segments, base_tokenizer, base_keys, shared))
 
 
 def split_documents(texts: Sequence[str], eval_share: float, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -1,19 +1,22 @@
 """Continued pre-training of all weights with loss = CE + λ·KL(P_model ‖ P_ref) (Vikhr eq. 1), as a Trainer subclass.
 
-The loss never builds full [tokens × vocab] logits: the model is called with `logits_to_keep` set to an empty
-index (its LM head then sees zero positions) and the final, normed hidden states are taken from a forward hook on
-the decoder body; `vikhr.train.kl.ce_and_kl` then computes CE and KL chunk by chunk from those hidden states and
-the LM-head weight. The call still goes through the (possibly DDP-wrapped) model, so DDP's gradient sync works.
+The loss never builds full [tokens × vocab] logits. For one call of the (possibly DDP/FSDP/DeepSpeed-wrapped)
+model, the LM head's `forward` is replaced so that, given the final hidden states, it returns [CE, KL] computed
+chunk by chunk by `vikhr.train.kl` from those states and its own weight. The loss is thus computed *inside* the
+model's forward, where FSDP and ZeRO-3 have the head's weight gathered, and it is the model's output, so the
+wrappers' pre-backward hooks see it. Models that post-process logits (soft-capping, scaling) are refused.
 
 Reference (`reference=`):
 - `"init"`: a frozen deep copy of the model taken when the trainer is built, before any step (requires_grad off,
   eval mode, bf16 on CUDA, the model's own dtype elsewhere) on the model's device. It is a plain attribute of the
-  trainer, not a submodule of `self.model`, so the optimizer, accelerate and DDP never see it. Under DDP each rank
-  builds its own trainer and therefore holds its own copy on its own device; no communication is needed because
-  the reference is never updated. Resuming: build the fresh trainer from the same *initial* model (the checkpoint
-  weights are loaded later by `train(resume_from_checkpoint=...)`), so the reference stays the start of training.
+  trainer, not a submodule of `self.model`, so the optimizer, accelerate and DDP never see it; each rank holds a
+  whole copy (also under FSDP/ZeRO-3: 2 bytes per parameter per GPU). Exact KL over the full vocabulary.
+  Resuming: build the fresh trainer from the same *initial* model (the checkpoint weights are loaded later by
+  `train(resume_from_checkpoint=...)`), so the reference stays the start of training.
+- `"base"`: the original model with its own tokenizer (`base_model=`, placed like `init`). The batch must carry its
+  view of the same text (`PackedDataset(base_tokenizer=...)`); the KL is taken at the aligned position pairs over
+  the shared vocabulary, renormalised on both sides (`vikhr.train.align`), and is 0 in a batch with no pair.
 - `"none"`: CE only (still chunked); `kl` is logged as 0.
-- `"base"` (the original model with its own tokenizer, KL at aligned positions) is not implemented yet.
 
 Normalisation with gradient accumulation (transformers 5.24). The trainer sets `model_accepts_loss_kwargs = True`
 and `_loss_shifts_labels = True`, so `Trainer` counts `num_items_in_batch` = labelled targets in `labels[..., 1:]`
@@ -29,24 +32,40 @@ Logging. Every `compute_loss` call adds ce·n, kl·n and n (n = labelled targets
 training and evaluation; `log()` sums them over ranks and reports the token-weighted means as `ce` / `kl` (and
 `eval_ce` / `eval_kl`), then resets them — the same window as the Trainer's `loss`, averaged over accumulation
 steps and logging steps by tokens.
+
+Guards. `freeze_steps=N`: for the first N optimizer steps only the input embeddings and the LM head learn (the
+body's gradients are dropped after every backward; the ruadapt-style warm-up), then everything. A non-finite
+gradient norm (NaN/inf loss) stops training with `TrainingDiverged`, naming the step and the last checkpoint,
+before the optimizer can write NaN into the weights.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import types
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
 
 from vikhr.log import get_logger
-from vikhr.train.kl import IGNORE_INDEX, Direction, ce_and_kl, chunked_ce
+from vikhr.train.kl import IGNORE_INDEX, Direction, ce_and_kl, chunked_ce, chunked_kl
 from vikhr.train.packing import PackingCollator, check_model_for_packing
 
 log = get_logger(__name__)
 
 Reference = Literal["init", "none", "base"]
+BASE_KEYS = ("base_input_ids", "base_position_ids", "align_new", "align_base")
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scaling")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN or infinite; the message names the step and the last checkpoint."""
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -70,16 +89,50 @@ def _decoder(model: nn.Module) -> nn.Module:
     return body
 
 
-def _last_hidden(out: Any) -> Tensor:
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+def check_head(model: nn.Module) -> None:
+    """Refuse models whose forward changes the LM head's output (the loss is computed in the head's place)."""
+    for name in LOGIT_POSTPROCESSING:
+        v = getattr(model.config, name, None)
+        if v not in (None, 1, 1.0):
+            raise ValueError(
+                f"{type(model).__name__} post-processes its logits ({name}={v}); KLTrainer computes the loss in "
+                "place of the LM head and does not support that"
+            )
+    if getattr(model.get_output_embeddings(), "bias", None) is not None:
+        raise ValueError(f"{type(model).__name__}: an LM head with a bias is not supported")
+
+
+def run_head_as_loss(
+    model: nn.Module, head: nn.Module, inputs: dict[str, Any], loss_fn: Callable[[Tensor, Tensor], Tensor]
+) -> Tensor:
+    """Call `model(**inputs)` with `head` computing `loss_fn(final_hidden [B, T, H], head.weight)` in place of
+    logits; return that result (the model's `logits` output). The head still goes through `nn.Module.__call__`,
+    so FSDP / DeepSpeed hooks gather its weight around the call."""
+    calls: list[int] = []
+
+    def forward(self: nn.Module, hidden: Tensor) -> Tensor:
+        calls.append(1)
+        return loss_fn(hidden, self.weight)
+
+    head.forward = types.MethodType(forward, head)
+    try:
+        out = model(**inputs, use_cache=False, logits_to_keep=0)
+    finally:
+        del head.forward
+    if len(calls) != 1:
+        raise RuntimeError(f"expected one LM-head call in the model's forward, saw {len(calls)}")
+    return out.logits
 
 
 class KLTrainer(Trainer):
     """`transformers.Trainer` whose loss is CE + kl_weight·KL(P_model ‖ P_ref), computed chunk-wise.
 
-    reference: "init" (frozen copy of the model at construction) or "none" (CE only). kl_weight: λ.
-    kl_chunk: rows of logits computed at once. kl_direction: "reverse" (the paper's KL(P_model ‖ P_ref)) or
-    "forward". Other arguments go to `Trainer`; pass data from `PackedDataset` with `PackingCollator`.
+    reference: "init" (frozen copy of the model at construction), "base" (`base_model`, the original model with
+    its own tokenizer; the data must carry its view, see `PackedDataset(base_tokenizer=...)`) or "none" (CE only).
+    kl_weight: λ. kl_chunk: rows of logits computed at once. kl_direction: "reverse" (the paper's
+    KL(P_model ‖ P_ref)) or "forward". shared_ids: (new_ids, base_ids) from `align.shared_vocab_map` for "base".
+    freeze_steps: optimizer steps during which only embeddings and LM head learn. Other arguments go to `Trainer`;
+    pass data from `PackedDataset` with `PackingCollator`.
     """
 
     def __init__(
@@ -89,22 +142,25 @@ class KLTrainer(Trainer):
         kl_weight: float = 1.0,
         kl_chunk: int = 1024,
         kl_direction: Direction = "reverse",
+        base_model: nn.Module | None = None,
+        shared_ids: tuple[Tensor, Tensor] | None = None,
+        freeze_steps: int = 0,
         **kwargs: Any,
     ) -> None:
-        if reference == "base":
-            raise NotImplementedError(
-                'reference="base" (the original model with its own tokenizer, KL at aligned positions) is not '
-                'implemented yet; use reference="init" or "none"'
-            )
-        if reference not in ("init", "none"):
+        if reference not in ("init", "none", "base"):
             raise ValueError(f'reference must be "init", "none" or "base", got {reference!r}')
+        if reference == "base" and (base_model is None or shared_ids is None):
+            raise ValueError('reference="base" needs base_model= and shared_ids= (align.shared_vocab_map)')
         if kl_direction not in ("reverse", "forward"):
             raise ValueError(f"kl_direction must be 'reverse' or 'forward', got {kl_direction!r}")
-        if kl_chunk <= 0 or kl_weight < 0:
-            raise ValueError(f"need kl_chunk > 0 and kl_weight >= 0, got {kl_chunk} and {kl_weight}")
+        if kl_chunk <= 0 or kl_weight < 0 or freeze_steps < 0:
+            raise ValueError(
+                f"need kl_chunk > 0, kl_weight >= 0, freeze_steps >= 0; got {kl_chunk}, {kl_weight}, {freeze_steps}"
+            )
         model = kwargs.get("model", args[0] if args else None)
         if model is None:
             raise ValueError("KLTrainer needs a model")
+        check_head(model)
         collator = kwargs.get("data_collator")
         if isinstance(collator, PackingCollator):
             if model.config.use_cache:
@@ -118,25 +174,64 @@ class KLTrainer(Trainer):
         self.kl_weight = float(kl_weight)
         self.kl_chunk = int(kl_chunk)
         self.kl_direction = kl_direction
-        # A plain attribute, not a submodule: no optimizer, accelerate or DDP wrapping.
+        self.freeze_steps = int(freeze_steps)
+        if self.freeze_steps and self.is_deepspeed_enabled:
+            raise ValueError(
+                "freeze_steps is not supported under DeepSpeed (its gradients live outside the params)"
+            )
+        # Plain attributes, not submodules: no optimizer, accelerate or DDP wrapping.
         self.ref_model = place_reference(ref, self.args.device) if ref is not None else None
+        self.base_ref = self.base_ids = self.base_weight = None
+        if reference == "base":
+            self.base_ref = place_reference(frozen_copy(base_model), self.args.device)
+            new_ids, base_ids = shared_ids
+            self.base_ids = new_ids.to(self.args.device)
+            self.base_weight = self.base_ref.get_output_embeddings().weight.index_select(
+                0, base_ids.to(self.args.device)
+            )
         # Have Trainer count labelled targets over labels[..., 1:] for every optimizer step (see module docstring).
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
         self._kl_sums: dict[str, Tensor] = {}
 
-    def _hidden(self, model: nn.Module, body: nn.Module, inputs: dict[str, Any]) -> Tensor:
-        """Final hidden states [B, T, H] of `model` (called through its wrapper) without computing logits."""
-        captured: list[Tensor] = []
-        handle = body.register_forward_hook(lambda _m, _i, out: captured.append(_last_hidden(out)))
-        try:
-            empty = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)
-            model(**inputs, use_cache=False, logits_to_keep=empty)
-        finally:
-            handle.remove()
-        if len(captured) != 1:
-            raise RuntimeError(f"expected one decoder call, saw {len(captured)}")
-        return captured[0]
+    def _loss_fn(self, inputs: dict[str, Any], labels: Tensor, base: dict[str, Tensor]) -> Callable:
+        """The function the LM head runs in place of its forward: hidden [B, T, H], weight -> [ce, kl]."""
+        y = labels[:, 1:]
+        chunk, direction = self.kl_chunk, self.kl_direction
+        if self.reference == "init":
+            with torch.no_grad():
+                ref_h = _decoder(self.ref_model)(**inputs, use_cache=False).last_hidden_state[:, :-1, :]
+            ref_w = self.ref_model.get_output_embeddings().weight
+
+            def fn(hidden: Tensor, w: Tensor) -> Tensor:
+                return torch.stack(
+                    ce_and_kl(hidden[:, :-1, :], w, y, ref_h, ref_w, chunk=chunk, direction=direction)
+                )
+
+        elif self.reference == "base":
+            with torch.no_grad():
+                bh = _decoder(self.base_ref)(
+                    input_ids=base["base_input_ids"], position_ids=base["base_position_ids"], use_cache=False
+                ).last_hidden_state
+                bh = bh.reshape(-1, bh.shape[-1]).index_select(0, base["align_base"])
+            rows = base["align_new"]
+
+            def fn(hidden: Tensor, w: Tensor) -> Tensor:
+                ce = chunked_ce(hidden[:, :-1, :], w, y, chunk=chunk)
+                h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
+                kl = chunked_kl(
+                    h, w.index_select(0, self.base_ids), ref_hidden=bh, ref_weight=self.base_weight,
+                    chunk=chunk, direction=direction,
+                )  # fmt: skip
+                return torch.stack([ce, kl])
+
+        else:
+
+            def fn(hidden: Tensor, w: Tensor) -> Tensor:
+                ce = chunked_ce(hidden[:, :-1, :], w, y, chunk=chunk)
+                return torch.stack([ce, torch.zeros_like(ce)])
+
+        return fn
 
     def compute_loss(
         self,
@@ -148,26 +243,52 @@ class KLTrainer(Trainer):
         """CE + kl_weight·KL on the batch, normalised by `num_items_in_batch` when given (see module docstring)."""
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        unwrapped = self.accelerator.unwrap_model(model)
-        h = self._hidden(model, _decoder(unwrapped), inputs)[:, :-1, :]
-        y = labels[:, 1:]
-        w = unwrapped.get_output_embeddings().weight
-        if self.ref_model is None:
-            ce = chunked_ce(h, w, y, chunk=self.kl_chunk)
-            kl = torch.zeros_like(ce)
-        else:
-            with torch.no_grad():
-                ref_h = _decoder(self.ref_model)(**inputs, use_cache=False).last_hidden_state[:, :-1, :]
-            ref_w = self.ref_model.get_output_embeddings().weight
-            ce, kl = ce_and_kl(h, w, y, ref_h, ref_w, chunk=self.kl_chunk, direction=self.kl_direction)
+        base = {k: inputs.pop(k) for k in BASE_KEYS if k in inputs}
+        if self.reference == "base" and not base:
+            raise ValueError(
+                'reference="base" needs batches with a base view: PackedDataset(base_tokenizer=...)'
+            )
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        ce, kl = run_head_as_loss(model, head, inputs, self._loss_fn(inputs, labels, base)).unbind(0)
         loss = ce + self.kl_weight * kl if self.kl_weight else ce
-        n = (y != IGNORE_INDEX).sum()
+        n = (labels[:, 1:] != IGNORE_INDEX).sum()
         self._record("train" if model.training else "eval", ce, kl, n)
         if num_items_in_batch is not None:
             loss = loss * n / num_items_in_batch
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
         return (loss, {"ce": ce.detach(), "kl": kl.detach()}) if return_outputs else loss
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> Tensor:
+        """The Trainer's step; while `freeze_steps` lasts, the body's gradients are dropped after the backward."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.state.global_step < self.freeze_steps:
+            keep = {id(p) for p in self._embedding_params(model)}
+            for p in model.parameters():
+                if id(p) not in keep:
+                    p.grad = None
+        return loss
+
+    def _embedding_params(self, model: nn.Module) -> list[nn.Parameter]:
+        unwrapped = self.accelerator.unwrap_model(model)
+        return [unwrapped.get_input_embeddings().weight, unwrapped.get_output_embeddings().weight]
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
+        """The Trainer's gradient norm (the same on every rank); a non-finite one stops training."""
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if norm is not None and not math.isfinite(float(norm)):
+            self._diverged(f"gradient norm {float(norm)}")
+        return norm
+
+    def _diverged(self, what: str) -> None:
+        last = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+        raise TrainingDiverged(
+            f"training diverged at optimizer step {self.state.global_step + 1}: {what} (NaN/inf loss); the weights "
+            f"were not updated. Last good checkpoint: {last or 'none saved yet'}. Lower the learning rate, check "
+            "the data, or resume from that checkpoint."
+        )
 
     def _record(self, mode: str, ce: Tensor, kl: Tensor, n: Tensor) -> None:
         sums = torch.stack([ce.detach().double() * n, kl.detach().double() * n, n.double()])
