@@ -47,10 +47,16 @@ def cmd_run(args) -> int:
 
 def cmd_stage(args) -> int:
     from vikhr import pipeline
+    from vikhr.train.launch import is_main_process, launcher_config, relaunch, under_launcher
 
+    if getattr(args, "launcher", None) and not under_launcher():
+        launcher_config(args.launcher)  # an unknown name fails here, before anything starts
+        argv = [args.stage, *(["-c", args.config] if args.config else []), *args.overrides]
+        return relaunch(args.launcher, argv + (["--force"] if args.force else []), args.num_processes)
     cfg = _load(args)
     pipeline.run(cfg, args.stage, args.stage, [args.stage] if args.force else ())
-    _print_status([r for r in pipeline.status(cfg) if r["stage"] == args.stage])
+    if is_main_process():
+        _print_status([r for r in pipeline.status(cfg) if r["stage"] == args.stage])
     return 0
 
 
@@ -197,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"run only the {name} stage" + (extra if name == "corpus" else ""))
         _add_config_args(p)
         p.add_argument("--force", action="store_true", help="rerun even if up to date")
+        if name == "pretrain":
+            from vikhr.train.launch import launcher_names
+
+            p.add_argument(
+                "--launcher",
+                help=f"re-run under `accelerate launch` with configs/accelerate/NAME.yaml ({', '.join(launcher_names())})"
+                " or an accelerate config file",
+            )
+            p.add_argument("--num-processes", type=int, default=0, help="processes (GPUs) for --launcher")
         p.set_defaults(func=cmd_stage, stage=name)
 
     p = sub.add_parser("corpus-annotate", help="same as `vikhr corpus annotate`")
@@ -237,11 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     from vikhr.corpus.readers import InputError
     from vikhr.llm import LLMError
     from vikhr.tokenizer.spm import TokenizerTrainingError
+    from vikhr.train import TrainingDiverged
 
     try:
         return args.func(args)
     except (
         ConfigError, InputError, TokenizerTrainingError, LLMError, FileNotFoundError, ImportError, ValueError,
+        TrainingDiverged,
     ) as e:  # fmt: skip
         log.error("%s", e)
         sys.stderr.write(f"vikhr: error: {e}\n")

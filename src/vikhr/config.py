@@ -240,6 +240,94 @@ class LLMConfig:
     """Default limit on generated tokens per request (a call's own `max_tokens=` wins)."""
 
 
+PAPER_PRETRAIN = {
+    "lr": 1e-3, "adam_beta1": 0.99, "adam_beta2": 0.95, "adam_eps": 1e-8, "warmup_steps": 10,
+    "grad_accum": 128, "batch_size": 3, "seq_len": 1024, "epochs": 1.0,
+}  # fmt: skip
+"""Vikhr Table 3 (continued pre-training of Mistral-7B): `pretrain.preset: paper` sets these."""
+
+
+@dataclass
+class PretrainConfig:
+    """Continued pre-training of all weights with loss = CE + kl_weight·KL(P_model ‖ P_ref) (paper §3.2, eq. 1)."""
+
+    data: list[str] = field(default_factory=list)
+    """Training text (folders, .txt, .jsonl, .parquet); empty: the corpus stage's shards when that stage ran in
+    this run directory, else `data.target`."""
+    replay: list[str] = field(default_factory=list)
+    """Second-language (English) text replayed against forgetting; empty: `data.extra`."""
+    replay_share: float = 0.0
+    """Share of training characters taken from `replay` (0: none)."""
+    eval_share: float = 0.02
+    """Share of documents held out for evaluation during training (at least one)."""
+    max_documents: int = 0
+    """Use a seeded sample of at most this many documents (0: all); for quick runs."""
+    eval_max_rows: int = 64
+    """Held-out rows evaluated during training (0: all of them)."""
+    seq_len: int = 1024
+    """Tokens per packed training row (documents are packed without padding, attention kept inside each)."""
+    batch_size: int = 8
+    """Rows per device per micro-batch."""
+    grad_accum: int = 4
+    """Micro-batches per optimizer step (tokens per step = seq_len × batch_size × grad_accum × devices)."""
+    epochs: float = 1.0
+    """Passes over the training rows."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: `epochs` decides)."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW), reached after `warmup_steps`, then cosine decay to 0."""
+    lr_scheduler: str = "cosine"
+    """transformers scheduler name (`cosine`, `linear`, `constant_with_warmup`, ...)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW β1."""
+    adam_beta2: float = 0.95
+    """AdamW β2."""
+    adam_eps: float = 1e-8
+    """AdamW ε."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0: off)."""
+    preset: Literal["", "paper"] = ""
+    """`paper`: the Table 3 hyper-parameters (lr 1e-3, betas 0.99/0.95, eps 1e-8, 10 warm-up steps, accumulation
+    128, batch 3, sequence 1024, 1 epoch); setting one of those keys to another value as well is an error."""
+    reference: Literal["init", "base", "none"] = "init"
+    """KL reference: `init` (the transplanted model before training, exact token-level KL), `base` (the source
+    model with its own tokenizer, KL at aligned positions over the shared vocabulary) or `none` (CE only)."""
+    kl_weight: float = 1.0
+    """λ in loss = CE + λ·KL."""
+    kl_direction: Literal["reverse", "forward"] = "reverse"
+    """`reverse`: KL(P_model ‖ P_ref) as in the paper; `forward`: KL(P_ref ‖ P_model)."""
+    kl_chunk: int = 1024
+    """Rows of logits computed at once in the loss (memory vs. speed)."""
+    freeze: Literal["none", "body"] = "none"
+    """`body`: train only the embeddings and LM head for `freeze_steps` steps first, then all weights."""
+    freeze_steps: int = 0
+    """Steps of the `body` warm-up; 0: a tenth of the run."""
+    bf16: Literal["auto", "true", "false"] = "auto"
+    """Mixed precision: `auto` uses bf16 on a GPU that supports it, float32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% slower)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel (`sdpa`, `eager`, `flash_attention_2`)."""
+    logging_steps: int = 10
+    """Log loss, CE and KL every this many steps."""
+    eval_steps: int = 0
+    """Evaluate on the held-out split every this many steps (0: five times per run)."""
+    save_steps: int = 0
+    """Checkpoint every this many steps (0: five times per run); the run resumes from the last one."""
+    save_total_limit: int = 2
+    """Checkpoints kept."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Trainer loggers (`tensorboard`, `wandb`, ...; [] for none); tensorboard logs go to `pretrain.work/runs`."""
+    resume: bool = True
+    """Continue from the last checkpoint of an interrupted run with the same settings."""
+    seed: int = 0
+    """Seed of the held-out split, the replay sample, data order and init."""
+
+
 @dataclass
 class Config:
     """One experiment: where to run, which base model, and each stage's settings."""
@@ -257,6 +345,7 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     transplant: TransplantConfig = field(default_factory=TransplantConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     config_path: str = field(default="", metadata={"internal": True})
     """Where the config was read from (set by the loader)."""
@@ -299,6 +388,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return {str(k): _coerce(v, args[1], f"{key}.{k}", where) for k, v in value.items()} if args else value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `3e-4` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if tp in (int, float, str, bool) and (
@@ -372,8 +466,25 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         data = _merge(data, parse_overrides(overrides))
         where += " (with overrides)"
     cfg = _build(Config, data, "", where)
+    _apply_presets(cfg, where)
     cfg.config_path = str(Path(path).resolve()) if path is not None else ""
     return cfg
+
+
+def _apply_presets(cfg: Config, where: str) -> None:
+    """`pretrain.preset: paper` sets the Table 3 values; a conflicting explicit value is an error."""
+    p = cfg.pretrain
+    if p.preset != "paper":
+        return
+    defaults = PretrainConfig()
+    for key, value in PAPER_PRETRAIN.items():
+        mine = getattr(p, key)
+        if mine != getattr(defaults, key) and mine != value:
+            raise ConfigError(
+                f"{where}: `pretrain.{key}: {mine}` conflicts with `pretrain.preset: paper` ({key} = {value}); "
+                "remove one of them"
+            )
+        setattr(p, key, value)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -15,6 +15,7 @@ from vikhr.log import get_logger
 from vikhr.manifest import digest, package_versions
 from vikhr.rundir import RunDir
 from vikhr.stages import STAGES, get_stage, stage_names
+from vikhr.train.launch import is_main_process
 
 log = get_logger(__name__)
 
@@ -87,16 +88,21 @@ def run(cfg: Config, start=None, stop=None, force=(), dry_run: bool = False) -> 
         log.info("%-10s %-4s (%s)", p.name, p.action, p.reason)
     if dry_run:
         return steps
-    rundir.clean_staging()
-    (rundir.path / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    main = is_main_process()  # under `accelerate launch` every rank runs the stage; rank 0 keeps the books
+    if main:
+        rundir.clean_staging()
+        (rundir.path / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
     for p in steps:
         if p.action == "skip":
             continue
         stage = get_stage(p.name)
         log.info("stage %s: starting", p.name)
         t0 = time.time()
-        rundir.manifest.drop(p.name)  # a failed rerun must not leave the old record claiming success
+        if main:
+            rundir.manifest.drop(p.name)  # a failed rerun must not leave the old record claiming success
         record = stage.run(cfg, rundir)
+        if not main:
+            continue
         record.fingerprint = p.fingerprint
         record.config = stage.config_section(cfg)
         record.inputs = stage.inputs(cfg)

@@ -1,6 +1,7 @@
 """The transplant stage on a tiny model: outputs load and generate, rows copied exactly, bad input refused."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ def make_config(tmp_path: Path, source_model: Path, *extra: str):
         f"run_dir: run\nsource_model: {json.dumps(str(source_model))}\n"
         "tokenizer:\n  vocab_size: 1500\n  sample_chars: 200000\n  report_lines: 20\n  report_tokenizers: []\n"
         "transplant:\n  eval_lines: 4\n  calibration_tokens: 1024\n  calibration_seq_len: 64\n"
-        "  calibration_epochs: 2\n  prompts: ['Привет', 'Hello']\n",
+        "  calibration_epochs: 2\n  prompts: ['Привет', 'Hello']\n"
+        "pretrain:\n  seq_len: 32\n  batch_size: 2\n  grad_accum: 1\n  max_steps: 2\n  max_documents: 4\n"
+        "  report_to: []\n",
         encoding="utf-8",
     )
     return p, load_config(p, list(extra))
@@ -28,7 +31,7 @@ def make_config(tmp_path: Path, source_model: Path, *extra: str):
 
 def test_transplant_stage_end_to_end(tmp_path, tiny_smollm):
     _, cfg = make_config(tmp_path, tiny_smollm)
-    steps = pipeline.run(cfg)
+    steps = pipeline.run(cfg, stop="transplant")
     assert [(s.name, s.action) for s in steps] == [
         ("corpus", "run"),
         ("tokenizer", "run"),
@@ -67,9 +70,10 @@ def test_transplant_stage_end_to_end(tmp_path, tiny_smollm):
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["transplant"]["metrics"]
     assert m["timings"]["transplant_s"] < 60
     # unchanged: all skip; a transplant setting changes: only transplant reruns
-    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip"]
+    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip", "run"]  # pretrain had not run
+    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip", "skip"]
     cfg2 = load_config(tmp_path / "exp.yaml", ["transplant.method=mean"])
-    assert [s.action for s in pipeline.run(cfg2)] == ["skip", "skip", "run"]
+    assert [s.action for s in pipeline.run(cfg2)] == ["skip", "skip", "run", "run"]
     assert json.loads((out / "transplant_report.json").read_text())["calibration"] is None
 
 
@@ -105,6 +109,11 @@ def test_bad_inputs(tmp_path, tiny_smollm, capsys):
     no_weights = tmp_path / "no-weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text("{}")
+    assert main(["run", "-c", str(path), f"source_model={no_weights}"]) == 2
+    assert "has no tokenizer files" in capsys.readouterr().err
+    for f in tiny_smollm.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, no_weights / f.name)
     assert main(["run", "-c", str(path), f"source_model={no_weights}"]) == 2
     assert "weights" in capsys.readouterr().err
     fresh = tmp_path / "fresh"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from vikhr.stages import corpus, tokenizer, transplant
+from vikhr.stages import corpus, pretrain, tokenizer, transplant
 
-STAGES: list[ModuleType] = [corpus, tokenizer, transplant]
+STAGES: list[ModuleType] = [corpus, tokenizer, transplant, pretrain]
 
 
 def stage_names() -> list[str]:

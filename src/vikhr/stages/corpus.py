@@ -200,6 +200,11 @@ def _token_counter(cfg: Config) -> _TokenCounter:
     local = resolve_path(cfg, spec)
     # a local folder only needs tokenizer files; an alias is imported, a hub id passed on
     path = str(local) if local.is_dir() else resolve_model(spec)
+    if local.is_dir() and not any((local / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        key = "corpus.count_tokenizer" if cfg.corpus.count_tokenizer else "source_model"
+        raise FileNotFoundError(
+            f"{key}: {local} has no tokenizer files (tokenizer.json, tokenizer_config.json)"
+        )
     tok = AutoTokenizer.from_pretrained(path)
     tok.model_max_length = 1 << 40  # counting only: no "sequence too long" warnings
     return _TokenCounter(tok, spec)

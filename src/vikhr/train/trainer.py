@@ -54,6 +54,7 @@ from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 from vikhr.log import get_logger
+from vikhr.train import TrainingDiverged
 from vikhr.train.kl import IGNORE_INDEX, Direction, ce_and_kl, chunked_ce, chunked_kl
 from vikhr.train.packing import PackingCollator, check_model_for_packing
 
@@ -62,10 +63,6 @@ log = get_logger(__name__)
 Reference = Literal["init", "none", "base"]
 BASE_KEYS = ("base_input_ids", "base_position_ids", "align_new", "align_base")
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scaling")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient became NaN or infinite; the message names the step and the last checkpoint."""
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -295,10 +292,13 @@ class KLTrainer(Trainer):
         self._kl_sums[mode] = self._kl_sums[mode] + sums if mode in self._kl_sums else sums
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add token-weighted `ce` / `kl` (or `eval_ce` / `eval_kl`) since the last log, summed over ranks."""
-        for mode, prefix, key in (("train", "", "loss"), ("eval", "eval_", "eval_loss")):
-            if key not in logs:
-                continue
+        """Add token-weighted `ce` / `kl` since the last log, summed over ranks: `ce`/`kl` beside the training
+        `loss`, `eval_ce`/`eval_kl` beside `eval_loss` (`eval_NAME_ce` for a named evaluation set)."""
+        keys = [("train", "", "loss")] if "loss" in logs else []
+        keys += [
+            ("eval", k[: -len("loss")], k) for k in logs if k.startswith("eval_") and k.endswith("_loss")
+        ]
+        for mode, prefix, _ in keys:
             sums = self._kl_sums.pop(mode, None)
             if sums is None:
                 sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)
