@@ -106,6 +106,11 @@ def test_bad_inputs(tmp_path, tiny_smollm, capsys):
     cfg, rundir = make_run(tmp_path, tiny_smollm, "pretrain.seq_len=100000", name="short")
     with pytest.raises(ValueError, match="too short for one sequence of seq_len=100000"):
         pretrain.run(cfg, rundir)
+    # an empty corpus
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    cfg, rundir = make_run(tmp_path, tiny_smollm, f"pretrain.data=[{tmp_path / 'empty.txt'}]", name="empty-data")
+    with pytest.raises(ValueError, match="no text in pretrain.data"):
+        pretrain.run(cfg, rundir)
     # a tokenizer larger than the model's embedding
     small = tmp_path / "small"
     shutil.copytree(tiny_smollm, small)
