@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The GPU checks of continued pre-training, as one prepared script for a lent GPU machine (about 10 minutes):
+#   1. benchmarks/pretrain_throughput.py: plain HF vs KLTrainer, CE and CE+KL, 1.1B Mistral shape, MFU;
+#   2. tests/gpu: the pretrain stage under the ddp / fsdp / zero2 / zero3 launchers (one process each).
+# Results: benchmarks/results/pretrain_throughput_<card>.json and, when $OUT is set (the device tool), copies there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || exit 2
+timeout 420 "$PY" benchmarks/pretrain_throughput.py --steps 15 --warmup 3; rc_bench=$?
+timeout 240 "$PY" -m pytest -q -m gpu tests/gpu -x -p no:cacheprovider; rc_tests=$?
+if [ -n "${OUT:-}" ]; then cp benchmarks/results/pretrain_throughput_*.json "$OUT"/ 2>/dev/null; fi
+echo "throughput bench exit $rc_bench, gpu tests exit $rc_tests"
