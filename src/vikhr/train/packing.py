@@ -371,10 +371,10 @@ def _with_base_views(rows, texts, enc, tokenizer, base_tokenizer, bos_id, eos_id
     """Attach to each row its text re-tokenized by `base_tokenizer` and the aligned position pairs."""
     from dataclasses import replace
 
-    from vikhr.train.align import base_row, segment_tokens, shared_keys, token_keys
+    from vikhr.train.align import base_row, segment_tokens, token_keys
 
     keys, base_keys = token_keys(tokenizer), token_keys(base_tokenizer)
-    shared = shared_keys(tokenizer, base_tokenizer)
+    shared = set(keys.values()) & set(base_keys.values())
     for row in rows:
         segments = [
             segment_tokens(texts[d], enc[d][0], enc[d][1], keys, a, b, bos_id=bos_id, eos_id=eos_id)
