@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vikhr run -c configs/demo.yaml
+	$(VENV)/bin/vikhr run -c demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

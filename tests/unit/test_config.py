@@ -80,7 +80,18 @@ def test_dump_round_trips_and_paths_are_relative_to_the_config(tmp_path):
     assert resolve_path(cfg, cfg.run_dir) == (tmp_path / "out").resolve()
 
 
-def test_shipped_configs_load():
-    root = Path(__file__).resolve().parents[2] / "configs"
-    for p in sorted(root.glob("*.yaml")):
-        load_config(p)
+def test_shipped_configs_load_by_name_with_paths_from_the_working_directory(tmp_path, monkeypatch):
+    from vikhr.config import SHIPPED_CONFIGS, shipped_configs
+
+    assert shipped_configs() == ["demo", "mistral-7b-ru"]
+    monkeypatch.chdir(tmp_path)
+    for name in shipped_configs():
+        cfg = load_config(name)
+        assert Path(cfg.config_path) == SHIPPED_CONFIGS / f"{name}.yaml"
+        assert resolve_path(cfg, cfg.run_dir) == tmp_path / "runs" / name
+    copy = tmp_path / "mine" / "exp.yaml"
+    copy.parent.mkdir()
+    copy.write_text((SHIPPED_CONFIGS / "demo.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    assert resolve_path(load_config(copy), "runs/demo") == copy.parent / "runs" / "demo"  # a copy: its own folder
+    with pytest.raises(ConfigError, match="shipped configs by name: demo, mistral-7b-ru"):
+        load_config("no-such-config")

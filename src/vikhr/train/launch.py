@@ -6,7 +6,6 @@ config YAML. The child processes see `LOCAL_RANK`/`WORLD_SIZE` and run the stage
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from vikhr.log import get_logger
 
 log = get_logger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "accelerate"
-"""The repository's `configs/accelerate` (the package is installed from a checkout, editable)."""
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+"""The package's `vikhr/configs/accelerate` (package data: shipped in the wheel, found from any install)."""
 
 
 def launcher_names() -> list[str]:
@@ -36,16 +35,6 @@ def launcher_config(name: str) -> Path:
     raise ValueError(
         f"unknown launcher {name!r}: use one of {known}, or the path of an accelerate config YAML"
     )
-
-
-def under_launcher() -> bool:
-    """True inside a process started by `accelerate launch` / `torchrun`."""
-    return "LOCAL_RANK" in os.environ or "ACCELERATE_DYNAMO_BACKEND" in os.environ
-
-
-def is_main_process() -> bool:
-    """Rank 0, or not distributed at all (files shared by all ranks are written only here)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def launch_command(name: str, argv: list[str], num_processes: int = 0) -> list[str]:
