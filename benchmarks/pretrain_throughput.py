@@ -55,7 +55,8 @@ from transformers.trainer_callback import PrinterCallback
 
 from vikhr.eval.speed import machine_info
 from vikhr.log import get_logger, setup_logging
-from vikhr.train.packing import IGNORE_INDEX, PackedSequence, PackingCollator, make_sequence
+from vikhr.train import IGNORE_INDEX
+from vikhr.train.packing import PackedSequence, PackingCollator, make_sequence
 from vikhr.train.trainer import KLTrainer
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,4 +1,4 @@
-"""The `vikhr` command line: `vikhr run -c configs/demo.yaml`, `vikhr status`, `vikhr config`, one command per stage."""
+"""The `vikhr` command line: `vikhr run [-c demo|FILE]`, `vikhr status`, `vikhr config`, one command per stage."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ log = get_logger("vikhr.cli")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", help="experiment YAML (default: the built-in defaults)")
+    p.add_argument(
+        "-c", "--config", default="demo",
+        help="experiment YAML, or a shipped config by name (demo, mistral-7b-ru); default: demo, the embedded "
+        "default (SmolLM2-135M-Instruct -> Russian on the bundled text, on a CPU)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. tokenizer.vocab_size=32000")
 
 
@@ -47,7 +51,8 @@ def cmd_run(args) -> int:
 
 def cmd_stage(args) -> int:
     from vikhr import pipeline
-    from vikhr.train.launch import is_main_process, launcher_config, relaunch, under_launcher
+    from vikhr.train.dist import is_main_process, under_launcher
+    from vikhr.train.launch import launcher_config, relaunch
 
     if getattr(args, "launcher", None) and not under_launcher():
         launcher_config(args.launcher)  # an unknown name fails here, before anything starts
@@ -166,7 +171,10 @@ def _add_bench_commands(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="free generation: sampling temperature")
     p.add_argument("--seed", type=int, default=0, help="free generation: seed of the first text")
     p.add_argument("--texts", help="sentences to use instead of FLORES, one per line")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype (auto: vikhr.precision's choice for the device: bf16 only where it is native)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     p.add_argument(
@@ -208,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
             p.add_argument(
                 "--launcher",
-                help=f"re-run under `accelerate launch` with configs/accelerate/NAME.yaml ({', '.join(launcher_names())})"
+                help=f"re-run under `accelerate launch` with the shipped vikhr/configs/accelerate/NAME.yaml ({', '.join(launcher_names())})"
                 " or an accelerate config file",
             )
             p.add_argument("--num-processes", type=int, default=0, help="processes (GPUs) for --launcher")

@@ -20,6 +20,32 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the file and the key."""
 
 
+class RangeError(ConfigError):
+    """A value outside its allowed range; `_build` adds the section and the file to the message."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        super().__init__(f"`{key}` must be {allowed}, got {value!r}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+def check_ranges(obj: Any, **rules: str) -> None:
+    """Check fields of a config section against interval rules: `share="[0, 1)"`, `steps=">= 0"`, `lr="> 0"`."""
+    for key, rule in rules.items():
+        v = getattr(obj, key)
+        values = v if isinstance(v, list) else [v]
+        for x in values:
+            if rule.startswith(("[", "(")):
+                lo, hi = (float(t) for t in rule[1:-1].split(","))
+                ok = (x >= lo if rule[0] == "[" else x > lo) and (x <= hi if rule[-1] == "]" else x < hi)
+                allowed = f"in {rule}"
+            else:
+                op, bound = rule.split()
+                ok = {">=": x >= float(bound), ">": x > float(bound)}[op]
+                allowed = rule
+            if not ok:
+                raise RangeError(key, x, allowed)
+
+
 @dataclass
 class DataConfig:
     """Text inputs shared by the stages until the corpus stage exists."""
@@ -70,6 +96,12 @@ class TokenizerConfig:
     report_lines: int = 0
     """Use only the first N lines of each report text (0: all)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, vocab_size="> 0", vocab_sizes="> 0", character_coverage="(0, 1]", extra_share="[0, 1)",
+            sample_chars=">= 0", num_threads=">= 0", max_new_tokens=">= 0", report_lines=">= 0",
+        )  # fmt: skip
+
 
 @dataclass
 class TransplantConfig:
@@ -109,6 +141,12 @@ class TransplantConfig:
     dominance_warning: float = 1.5
     """Warn when the model's mass on new rows exceeds their share of the actual tokens by this factor."""
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, pad_to_multiple="> 0", calibration_tokens="> 0", calibration_epochs=">= 0",
+            calibration_lr="> 0", calibration_seq_len="> 1", eval_lines=">= 0", dominance_warning="> 0",
+        )  # fmt: skip
+
 
 @dataclass
 class FilterConfig:
@@ -129,6 +167,12 @@ class FilterConfig:
     """Most share of characters covered by the most frequent word 3-gram, for paragraphs of 20+ words."""
     boilerplate: bool = True
     """Drop Project Gutenberg headers/footers, licence lines and URL/e-mail-only lines (`boilerplate`)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, min_chars=">= 0", max_chars=">= 0", min_words=">= 0", min_script_share="[0, 1]",
+            max_repeated_word_share="[0, 1]", max_top_ngram_share="[0, 1]",
+        )  # fmt: skip
 
 
 @dataclass
@@ -152,6 +196,9 @@ class DedupConfig:
     seed: int = 1
     """Seed of the MinHash permutations (the same on every worker)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, threshold="(0, 1)", ngram="> 0", bands=">= 0", rows=">= 0", min_words=">= 0")
+
 
 @dataclass
 class QualityConfig:
@@ -173,6 +220,9 @@ class QualityConfig:
     """Mean rubric score (1-5) at or above which a judged item is labelled `good`."""
     seed: int = 0
     """Seed of the annotation sample and the classifier's train/held-out split."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, threshold="[0, 1]", annotate_items="> 0", good_score="[1, 5]")
 
 
 @dataclass
@@ -196,16 +246,20 @@ class CorpusConfig:
     """Shards hold documents re-assembled from their kept paragraphs in order, or the paragraphs themselves."""
     shard_rows: int = 100_000
     """Rows per output parquet shard."""
-    executor: Literal["local", "slurm", "ray"] = "local"
-    """datatrove executor: `local` (processes on this machine), `slurm` or `ray` for a cluster."""
+    executor: Literal["local", "ray"] = "local"
+    """datatrove executor: `local` (processes on this machine) or `ray` for a cluster. Slurm is not supported yet
+    (datatrove's Slurm executor submits and returns before the results exist)."""
     tasks: int = 0
     """datatrove tasks per step; 0: one per input file, at most 64."""
     workers: int = 0
     """Tasks run at once on this machine (`local`); 0: the number of CPU cores."""
     executor_options: dict[str, Any] = field(default_factory=dict)
-    """Extra executor arguments, e.g. for Slurm `partition: cpu`, `time: "04:00:00"`, `cpus_per_task: "2"`."""
+    """Extra executor arguments, e.g. for Ray `address: auto`, `cpus_per_task: 1`, `mem_per_cpu_gb: 2`."""
     count_tokenizer: str = ""
     """Tokenizer counting Table 2's tokens; empty: the source model's."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, shard_rows="> 0", tasks=">= 0", workers=">= 0")
 
 
 @dataclass
@@ -238,6 +292,12 @@ class LLMConfig:
     """Default sampling temperature of requests (a call's own `temperature=` wins)."""
     max_tokens: int = 512
     """Default limit on generated tokens per request (a call's own `max_tokens=` wins)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, max_concurrency="> 0", max_retries=">= 0", timeout_s="> 0", backoff_s=">= 0",
+            max_backoff_s=">= 0", temperature=">= 0", max_tokens="> 0",
+        )  # fmt: skip
 
 
 PAPER_PRETRAIN = {
@@ -327,6 +387,15 @@ class PretrainConfig:
     seed: int = 0
     """Seed of the held-out split, the replay sample, data order and init."""
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, replay_share="[0, 1)", eval_share="[0, 1)", max_documents=">= 0", eval_max_rows=">= 0",
+            seq_len="> 1", batch_size="> 0", grad_accum="> 0", epochs="> 0", max_steps=">= 0", lr="> 0",
+            warmup_steps=">= 0", weight_decay=">= 0", adam_beta1="[0, 1)", adam_beta2="[0, 1)", adam_eps="> 0",
+            max_grad_norm=">= 0", kl_weight=">= 0", kl_chunk="> 0", freeze_steps=">= 0", logging_steps="> 0",
+            eval_steps=">= 0", save_steps=">= 0", save_total_limit=">= 0",
+        )  # fmt: skip
+
 
 @dataclass
 class Config:
@@ -349,6 +418,9 @@ class Config:
     llm: LLMConfig = field(default_factory=LLMConfig)
     config_path: str = field(default="", metadata={"internal": True})
     """Where the config was read from (set by the loader)."""
+    base_path: str = field(default="", metadata={"internal": True})
+    """The folder relative paths are taken from: the config file's folder, or the working directory for a shipped
+    config named by its name (set by the loader)."""
 
 
 def _type_name(tp: Any) -> str:
@@ -412,7 +484,11 @@ def _build(cls: type, data: dict, prefix: str, where: str):
     kwargs = {}
     for k, v in data.items():
         kwargs[k] = _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k, where)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except RangeError as e:
+        key = f"{prefix}.{e.key}" if prefix else e.key
+        raise ConfigError(f"{where}: `{key}` must be {e.allowed}, got {e.value!r}") from None
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -447,15 +523,38 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+"""Experiment configs shipped in the package (`demo`, `mistral-7b-ru`), loadable by name from any install."""
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped experiment configs."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def find_config(spec: str | Path) -> tuple[Path, Path]:
+    """(config file, folder its relative paths are taken from) for a path or a shipped config's name.
+
+    A file's relative paths are taken from its own folder; a shipped config named by its name (`demo`) takes them
+    from the working directory, so `vikhr run -c demo` writes `runs/demo` where it is started."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.resolve(), path.resolve().parent
+    name = str(spec)
+    if "/" not in name and "\\" not in name and (SHIPPED_CONFIGS / f"{name.removesuffix('.yaml')}.yaml").is_file():
+        return (SHIPPED_CONFIGS / f"{name.removesuffix('.yaml')}.yaml"), Path.cwd()
+    raise ConfigError(f"config file not found: {spec} (shipped configs by name: {', '.join(shipped_configs())})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when `path` is None), apply overrides, validate every key."""
+    """Read a YAML config (a file, or a shipped config's name; the defaults when `path` is None), apply overrides,
+    validate every key."""
     data: dict = {}
     where = "defaults"
+    base = Path.cwd()
     if path is not None:
-        path = Path(path)
+        path, base = find_config(path)
         where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
@@ -467,7 +566,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         where += " (with overrides)"
     cfg = _build(Config, data, "", where)
     _apply_presets(cfg, where)
-    cfg.config_path = str(Path(path).resolve()) if path is not None else ""
+    cfg.config_path = str(path) if path is not None else ""
+    cfg.base_path = str(base)
     return cfg
 
 
@@ -505,6 +605,8 @@ def dump_yaml(cfg: Config) -> str:
 
 def base_dir(cfg: Config) -> Path:
     """Folder that relative paths in the config are taken from."""
+    if cfg.base_path:
+        return Path(cfg.base_path)
     return Path(cfg.config_path).parent if cfg.config_path else Path.cwd()
 
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
+from vikhr.train.dist import is_main_process
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (or when not launched distributed)."""
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def setup_logging(level: str | int = "INFO") -> None:

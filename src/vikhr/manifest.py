@@ -32,7 +32,6 @@ class StageRecord:
     versions: dict = field(default_factory=dict)
     started: float = 0.0
     seconds: float = 0.0
-    status: str = "done"
 
 
 def package_versions() -> dict[str, str]:

@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vikhr.fsutil import staged_dir
 from vikhr.log import get_logger, progress, setup_logging
 
 if TYPE_CHECKING:
@@ -165,24 +164,6 @@ def check_state_dicts(sd_a: Mapping[str, torch.Tensor], sd_b: Mapping[str, torch
     return ties_a
 
 
-def merge_state_dicts(
-    sd_a: Mapping[str, torch.Tensor], sd_b: Mapping[str, torch.Tensor], method: str = "slerp", t: float = 0.5
-) -> dict[str, torch.Tensor]:
-    """Every tensor of A merged with B's tensor of the same name; tied entries stay one tensor (merged once)."""
-    _check_method(method, t)
-    ties = check_state_dicts(sd_a, sd_b)
-    out: dict[str, torch.Tensor] = {}
-    for name, a in sd_a.items():
-        if name in ties:
-            out[name] = out[ties[name]]
-            continue
-        try:
-            out[name], _ = merge_tensor(a, sd_b[name], method, t)
-        except ValueError as e:
-            raise ValueError(f"tensor {name}: {e}") from e
-    return out
-
-
 # --- model folders -------------------------------------------------------------------------------------------
 
 
@@ -271,7 +252,7 @@ def merge_models(
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from vikhr.models import _apply_umask, resolve_model
+    from vikhr.models import resolve_model
 
     _check_method(method, t)
     out = Path(out)
@@ -307,9 +288,7 @@ def merge_models(
         "parameters": sum(p.numel() for p in model_a.parameters()),
         **_stats_summary(stats),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
+    with staged_dir(out) as staging:  # an empty `out` (checked above) is replaced
         model_a.save_pretrained(staging)
         summary["copied_from_a"] = _copy_side_files(src_a, staging, src_b)
         summary["seconds"] = round(time.perf_counter() - t0, 1)
@@ -322,12 +301,6 @@ def merge_models(
             },
         }
         (staging / MERGE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        _apply_umask(staging)
-        if out.is_dir():
-            out.rmdir()  # an empty folder (checked above) is replaced
-        os.rename(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote %s (%s, t=%g) in %.1f s", out, method, t, summary["seconds"])
     return {"out": str(out), **summary}
 

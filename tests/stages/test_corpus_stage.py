@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from vikhr import pipeline
-from vikhr.config import load_config
+from vikhr.config import ConfigError, load_config
+from vikhr.corpus.engine import ExecutorOptions, make_executor
 from vikhr.corpus.readers import InputError
 from vikhr.paths import BUNDLED_DATA
 
@@ -199,3 +200,17 @@ def test_quality_filter_drops_low_scores_and_keeps_the_balance(corpus_dir):
     assert {d["doc"] for d in low} >= {"junk.txt"} and len(low) >= 5
     kept = pq.read_table(out / "data").to_pylist()
     assert all(0 <= k["quality"] <= 1 for k in kept) and "books/junk.txt" not in {k["id"] for k in kept}
+
+
+def test_slurm_executor_is_rejected_naming_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("corpus:\n  executor: slurm\n", encoding="utf-8")
+    # datatrove's Slurm executor submits and returns: the stage would read results that do not exist yet
+    with pytest.raises(
+        ConfigError, match=r"c\.yaml: `corpus\.executor` must be one of \['local', 'ray'\], got 'slurm'"
+    ):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match=r"`corpus\.executor`.*'slurm'"):
+        load_config(None, ["corpus.executor=slurm"])
+    with pytest.raises(ValueError, match=r"unknown corpus\.executor 'slurm' \(local, ray\)"):
+        make_executor([], name="x", tasks=1, opts=ExecutorOptions("slurm", tmp_path))

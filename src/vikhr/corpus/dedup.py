@@ -711,7 +711,8 @@ def dedup_pipelines(
 def _check_work_folder(work: str, executor: ExecutorOptions) -> None:
     """A work folder with files but no record of a started run belongs to another input: refuse it."""
     folder = get_datafolder(work)
-    started = Path(executor.logging_root, "dedup-signatures", "completions").is_dir()
+    # datatrove writes executor.json into the logging folder before the first task starts
+    started = Path(executor.logging_root, "dedup-signatures").is_dir()
     if folder.exists("") and folder.list_files() and not started:
         raise ValueError(f"{work}: work folder is not empty and no dedup run was started under "
                          f"{executor.logging_root}; use a fresh work folder (or the run's logging root to resume)")  # fmt: skip
@@ -730,9 +731,8 @@ def run_dedup(
     """Deduplicate the paragraphs in `input_folder` (exact, then verified MinHash-LSH) into `kept_folder` and
     `removed_folder`; returns counts, the LSH settings and seconds per step.
 
-    Local runs go step by step (each timed); on Slurm the chain is submitted and the counts are missing
-    (`status: submitted`) until it has run. Tasks already completed under the same logging root are skipped
-    (datatrove's completions), which resumes an interrupted run.
+    Local runs go step by step (each timed); on Ray the chain runs as one dependent call. Tasks already completed
+    under the same logging root are skipped (datatrove's completions), which resumes an interrupted run.
     """
     input_folder, work = str(input_folder), str(work_folder)
     n_files = len(get_datafolder(input_folder).list_files(glob_pattern="**/*.jsonl.gz"))
@@ -770,9 +770,8 @@ def _summary(work, tasks: int, bands: int, rows: int, curve: dict, opts: DedupCo
                               "num_perm": bands * rows, **curve, "seconds": seconds}  # fmt: skip
     counts = _sum_json(work, "counts")
     if counts is None:
-        result["status"] = "submitted"
-        return result
-    result.update(status="done", **counts)
+        raise RuntimeError(f"dedup finished without writing its counts under {work.path}/counts")
+    result.update(counts)
     result["removed"] = counts[EXACT] + counts[NEAR]
     result["verification"] = _sum_json(work, "near_stats") or {}
     if counts["input"] != counts["kept"] + result["removed"]:

@@ -1,10 +1,10 @@
-"""datatrove executors chosen by name: `local` (processes on this machine), `slurm`, `ray`.
+"""datatrove executors chosen by name: `local` (processes on this machine) or `ray` (a Ray cluster).
 
 The corpus stage is a chain of datatrove pipelines (read and filter, deduplicate, score, write); each link is built
-with `make_executor`, depending on the previous one, and the last is run. Locally the chain runs step by step in
-worker processes; on Slurm each link is a job array that waits for the previous one; on Ray each link is a set of
-remote tasks. Everything between links goes through files in the work folder, so memory stays bounded however
-large the corpus is.
+with `make_executor`, depending on the previous one, and run before the stage reads its results. Locally the chain
+runs step by step in worker processes; on Ray each link is a set of remote tasks. Everything between links goes
+through files in the work folder, so memory stays bounded however large the corpus is. (Slurm is not supported:
+datatrove's Slurm executor submits and returns, and the stage would read results that do not exist yet.)
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ class ExecutorOptions:
     """Where and how datatrove runs the pipelines."""
 
     kind: str = "local"
-    """`local`, `slurm` or `ray`."""
+    """`local` or `ray`."""
     logging_root: Path = Path("logs")
     """datatrove's logging folders (completions, stats) go under this, one per pipeline."""
     workers: int = 0
     """Tasks at once for `local` (0: CPU cores)."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the executor (Slurm partition, time, cpus_per_task; Ray mem_per_cpu_gb ...)."""
+    """Extra keyword arguments for the executor (Ray: address, cpus_per_task, mem_per_cpu_gb ...)."""
 
 
 def auto_tasks(n_inputs: int, requested: int = 0) -> int:
@@ -53,16 +53,6 @@ def make_executor(pipeline: list, *, name: str, tasks: int, opts: ExecutorOption
             pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir, depends=depends,
             **opts.options,
         )  # fmt: skip
-    if opts.kind == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
-
-        missing = [k for k in ("partition", "time") if k not in opts.options]
-        if missing:
-            raise ValueError(f"corpus.executor_options needs {', '.join(missing)} for the slurm executor")
-        return SlurmPipelineExecutor(
-            pipeline, tasks=tasks, logging_dir=logging_dir, depends=depends, job_name=f"vikhr-{name}",
-            **opts.options,
-        )  # fmt: skip
     if opts.kind == "ray":
         try:
             from datatrove.executor import RayPipelineExecutor
@@ -75,4 +65,4 @@ def make_executor(pipeline: list, *, name: str, tasks: int, opts: ExecutorOption
         if not ray.is_initialized():  # joins a running cluster at `address`, else starts a local one
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         return RayPipelineExecutor(pipeline, tasks=tasks, logging_dir=logging_dir, depends=depends, **options)
-    raise ValueError(f"unknown corpus.executor {opts.kind!r} (local, slurm, ray)")
+    raise ValueError(f"unknown corpus.executor {opts.kind!r} (local, ray)")

@@ -13,16 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
+from vikhr.scripts import LANGUAGE_SCRIPTS
+
 REASONS = ("too_long", "too_short", "boilerplate", "too_few_words", "wrong_script", "repetitive")
 """Every reason `check` can return, in the order the filters run."""
 
-CYRILLIC = "\u0400-\u052f\u1c80-\u1c8f\u2de0-\u2dff\ua640-\ua69f"
-LATIN = "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff"
-SCRIPTS: dict[str, str] = {
-    **dict.fromkeys(("ru", "uk", "be", "bg", "kk", "sr"), CYRILLIC),
-    **dict.fromkeys(("en", "de", "fr", "es", "it", "pt"), LATIN),
-}
-"""Language code -> regex character class of its script's letters; add an entry to support another language."""
+SCRIPTS = LANGUAGE_SCRIPTS
+"""Language code -> regex character class of its script's letters (`vikhr.scripts`)."""
 
 WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
 LETTER_RE = re.compile(r"[^\W\d_]")

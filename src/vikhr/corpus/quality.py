@@ -24,11 +24,9 @@ import importlib.metadata
 import json
 import os
 import re
-import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vikhr.config import QualityConfig
+from vikhr.fsutil import staged_dir
 from vikhr.llm.client import ChatResult, LLMClient, LLMError
 from vikhr.log import get_logger, progress
 
@@ -369,23 +368,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-@contextmanager
-def _staged_dir(out_dir: Path) -> Iterator[Path]:
-    """A temporary folder beside `out_dir` that replaces it when the block ends without an error."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-
-
 def _write_meta(folder: Path, kind: str, metrics: dict[str, Any], extra: dict[str, Any]) -> None:
     meta = {"kind": kind, "labels": ["bad", "good"], "metrics": metrics, "versions": _versions(), **extra}
     (folder / CLASSIFIER_META).write_text(
@@ -635,7 +617,7 @@ def train_classifier(
     if kind == "encoder":
         metrics.update(encoder=encoder, epochs=epochs, max_length=max_length)
     clf.metrics = metrics
-    with _staged_dir(Path(out_dir)) as tmp:
+    with staged_dir(out_dir) as tmp:
         clf.save(tmp)
     log.info(
         "%s quality classifier: held-out accuracy %.3f (majority baseline %.3f), F1(good) %.3f, ROC-AUC %s; "

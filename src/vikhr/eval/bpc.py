@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from vikhr.log import get_logger, progress
+from vikhr.precision import autocast
 
 logger = get_logger(__name__)
 
@@ -119,7 +120,8 @@ def _forward_batches(
     """Yield (float32 logits at the predicting positions, target ids, target mask) batch by batch.
 
     Sequences are sorted longest first and right-padded; with a causal model the padding never reaches the real
-    positions, so batching does not change the result beyond float rounding.
+    positions, so batching does not change the result beyond float rounding. The forward runs in the device's
+    compute dtype (`vikhr.precision`); the log-softmax is taken in float32.
     """
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].ids))
     starts = range(0, len(order), batch_size)
@@ -132,7 +134,8 @@ def _forward_batches(
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        with autocast(device):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         yield logits[:, :-1].float(), input_ids[:, 1:], attention_mask[:, 1:].bool()
 
 
@@ -209,9 +212,10 @@ def greedy_continuations(model, tokenizer, prompts: list[str], *, max_new_tokens
             if not ids:
                 raise ValueError(f"prompt {prompt!r} has no tokens and the tokenizer no start token")
             input_ids = torch.tensor([ids], device=device)
-            generated = model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
-            )
+            with autocast(device):
+                generated = model.generate(
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
+                )
             out.append(tokenizer.decode(generated[0, len(ids) :].tolist(), skip_special_tokens=True))
     finally:
         model.train(was_training)

@@ -29,13 +29,13 @@ import torch
 from vikhr.eval.bpc import start_token_id
 from vikhr.log import get_logger
 from vikhr.paths import BUNDLED_DATA, shared_data_dir
+from vikhr.scripts import CYRILLIC_RE
 
 logger = get_logger(__name__)
 
 FLORES_RU = "parallel/flores200.devtest.rus_Cyrl"
 HELDOUT_RU = BUNDLED_DATA / "heldout" / "ru.txt"
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
-_CYRILLIC = re.compile(r"[\u0400-\u052f\u1c80-\u1c8f\u2de0-\u2dff\ua640-\ua69f]")
 
 
 @dataclass
@@ -165,7 +165,7 @@ def cyrillic_share(text: str) -> float:
     letters = [c for c in text if c.isalpha()]
     if not letters:
         return 0.0
-    return sum(1 for c in letters if _CYRILLIC.match(c)) / len(letters)
+    return sum(1 for c in letters if CYRILLIC_RE.match(c)) / len(letters)
 
 
 def _banned_ids(model, tokenizer) -> torch.Tensor:
@@ -433,7 +433,7 @@ def compare(
     free_chars: int | None = None,
     seed: int = 0,
     temperature: float = 0.7,
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype = "auto",
     device: str = "cpu",
     threads: int | None = None,
     interleave: bool = False,
@@ -459,6 +459,10 @@ def compare(
         raise ValueError("no texts to generate")
     if threads:
         torch.set_num_threads(threads)
+    if dtype == "auto":
+        from vikhr.precision import compute_dtype
+
+        dtype = compute_dtype(device)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     result: dict = {
         "baseline": next(iter(models)),

@@ -24,8 +24,9 @@ import httpx
 
 from vikhr.config import Config, ConfigError, LLMConfig, resolve_path
 from vikhr.llm.cache import ResponseCache, cache_key
-from vikhr.log import get_logger, is_main_process, progress
+from vikhr.log import get_logger, progress
 from vikhr.paths import cache_dir
+from vikhr.train.dist import is_main_process
 
 log = get_logger(__name__)
 

@@ -1,8 +1,65 @@
-"""Small helpers shared by stages (config -> plain inputs)."""
+"""What every stage repeats, in one place: the source model, the target text, held-out text, input fingerprints.
+
+- `source_model_path(cfg)`: the source model as a local folder (a relative folder is taken from the config file's
+  folder; an alias or hub id goes through `vikhr.models.resolve_model`).
+- `target_specs(cfg, rundir)`: the target-language text every later stage reads — the corpus stage's filtered
+  shards when that stage has finished in this run directory, else `data.target` (the raw sources).
+- `spec_fingerprints` / `source_model_fingerprint`: what goes into a stage's `inputs(cfg)`.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from vikhr.config import Config, resolve_path
+from vikhr.manifest import path_fingerprint
+from vikhr.rundir import RunDir
+
+
+def source_model_path(cfg: Config, spec: str | None = None) -> str:
+    """`source_model` (or `spec`) as something `from_pretrained` opens: a local folder, or a resolved alias/hub id."""
+    from vikhr.models import resolve_model
+
+    spec = spec if spec is not None else cfg.source_model
+    if not spec:
+        raise ValueError(
+            "source_model is not set (a model folder, the alias smollm2-135m-instruct, or a hub id)"
+        )
+    local = resolve_path(cfg, spec)  # a relative folder is taken from the config file's folder
+    return str(resolve_model(str(local) if local.is_dir() else spec))
+
+
+def source_model_fingerprint(cfg: Config) -> dict | str:
+    """Content fingerprint of a local source model folder; the name itself for an alias or hub id."""
+    if not cfg.source_model:
+        return ""
+    local = resolve_path(cfg, cfg.source_model)
+    return path_fingerprint(local) if local.is_dir() else cfg.source_model
+
+
+def corpus_output(rundir: RunDir | None) -> Path | None:
+    """The corpus stage's kept text (parquet shards) when that stage has finished in this run directory."""
+    if rundir is None or not rundir.is_done("corpus"):
+        return None
+    data = rundir.stage_dir("corpus") / "data"
+    return data if any(data.glob("*.parquet")) else None
+
+
+def target_specs(cfg: Config, rundir: RunDir | None) -> tuple[list[str], str, str]:
+    """(input specs, where they come from, text field) of the target-language text: the corpus stage's output when
+    it exists, else `data.target`."""
+    corpus = corpus_output(rundir)
+    if corpus is not None:
+        return [str(corpus)], "corpus stage", "text"
+    return list(cfg.data.target), "data.target", cfg.data.text_field
+
+
+def spec_fingerprints(cfg: Config, specs: list[str]) -> dict[str, dict]:
+    """Content fingerprint of each input spec (file, folder, `bundled:` name), keyed by the spec."""
+    from vikhr.corpus.readers import resolve_spec
+
+    base = resolve_path(cfg, ".")
+    return {str(s): path_fingerprint(resolve_spec(s, base)) for s in specs}
 
 
 def held_out_texts(cfg: Config, files: dict[str, str], key: str, max_lines: int = 0) -> dict[str, list[str]]:

@@ -1,6 +1,6 @@
 """Corpus stage: read the target-language sources, split paragraphs, filter, deduplicate, score, write shards.
 
-Runs as a chain of datatrove pipelines (local processes by default; Slurm or Ray with `corpus.executor`):
+Runs as a chain of datatrove pipelines (local processes by default, Ray with `corpus.executor`):
 1. read + split + heuristic filters (one task per input file, up to 64), bad records and filtered paragraphs
    written with their reason;
 2. exact and MinHash-LSH near-duplicate removal across the whole corpus (`vikhr.corpus.dedup`), every removed
@@ -15,6 +15,11 @@ Output folder `corpus/`:
   dropped/part-NNNNN.parquet every dropped paragraph or bad record: id, source, doc, para, reason, duplicate_of,
                              text, file, line
   stats.json, table.md       per source: documents, paragraphs, characters, bytes, tokens; kept / dropped by reason
+  logs/                      datatrove's logs and stats, one folder per pipeline
+
+The chain works in `<run_dir>/corpus.work/` (outside the staged output, so an interruption keeps it): a rerun with
+the same settings and inputs skips the datatrove tasks already completed there; other settings or inputs, or
+`--force`, start fresh. The work folder is removed once the output is in place.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from vikhr.corpus.engine import ExecutorOptions, auto_tasks, make_executor
 from vikhr.corpus.readers import InputError, source_inputs
 from vikhr.log import get_logger
 from vikhr.manifest import StageRecord, path_fingerprint
-from vikhr.rundir import RunDir
+from vikhr.rundir import RunDir, keyed_work
 
 log = get_logger(__name__)
 
@@ -86,45 +91,46 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
     small = sum(f.stat().st_size for _, f, _ in files) < SMALL_CORPUS_BYTES
     workers = c.workers or (1 if small and c.executor == "local" else 0)
     timings: dict[str, float] = {}
-    with rundir.staging(NAME) as out:
-        work = out / "work"
-        opts = ExecutorOptions(c.executor, work / "logs", workers, dict(c.executor_options))
+    work = rundir.work_dir(NAME)
+    keyed_work(work, work_key(cfg))  # datatrove skips the tasks completed there
+    opts = ExecutorOptions(c.executor, work / "logs", workers, dict(c.executor_options))
+    t0 = time.perf_counter()
+    read = [
+        ParagraphReader(files, read_options(cfg.data, c), stats_folder=str(work / "stats"),
+                        dropped_writer=JsonlWriter(str(work / "dropped" / "read"))),
+        HeuristicFilter(filter_options(c.filters, cfg.language),
+                        exclusion_writer=JsonlWriter(str(work / "dropped" / "filters"))),
+        JsonlWriter(str(work / "paragraphs")),
+    ]  # fmt: skip
+    make_executor(read, name="read", tasks=tasks, opts=opts).run()
+    timings["read_filter_s"] = time.perf_counter() - t0
+    read_stats = load_read_stats(work / "stats")
+    if not any(v["paragraphs"] for v in read_stats.values()):
+        raise InputError(_nothing_read(work / "dropped" / "read", files))
+
+    t0 = time.perf_counter()
+    dedup = run_dedup(
+        work / "paragraphs", work / "deduped", work / "dropped" / "dedup", work / "dedup",
+        opts=c.dedup, executor=opts, tasks=tasks,
+    )  # fmt: skip
+    timings["dedup_s"] = time.perf_counter() - t0
+    kept_dir = work / "deduped"
+
+    if c.quality.filter:
+        from vikhr.corpus.steps_quality import QualityScorer
+
         t0 = time.perf_counter()
-        read = [
-            ParagraphReader(files, read_options(cfg.data, c), stats_folder=str(work / "stats"),
-                            dropped_writer=JsonlWriter(str(work / "dropped" / "read"))),
-            HeuristicFilter(filter_options(c.filters, cfg.language),
-                            exclusion_writer=JsonlWriter(str(work / "dropped" / "filters"))),
-            JsonlWriter(str(work / "paragraphs")),
+        scorer = [
+            JsonlReader(str(kept_dir)),
+            QualityScorer(str(classifier_dir(cfg)), threshold=c.quality.threshold,
+                          exclusion_writer=JsonlWriter(str(work / "dropped" / "quality"))),
+            JsonlWriter(str(work / "scored")),
         ]  # fmt: skip
-        make_executor(read, name="read", tasks=tasks, opts=opts).run()
-        timings["read_filter_s"] = time.perf_counter() - t0
-        read_stats = load_read_stats(work / "stats")
-        if not any(v["paragraphs"] for v in read_stats.values()):
-            raise InputError(_nothing_read(work / "dropped" / "read", files))
+        make_executor(scorer, name="quality", tasks=tasks, opts=opts).run()
+        kept_dir = work / "scored"
+        timings["quality_s"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        dedup = run_dedup(
-            work / "paragraphs", work / "deduped", work / "dropped" / "dedup", work / "dedup",
-            opts=c.dedup, executor=opts, tasks=tasks,
-        )  # fmt: skip
-        timings["dedup_s"] = time.perf_counter() - t0
-        kept_dir = work / "deduped"
-
-        if c.quality.filter:
-            from vikhr.corpus.steps_quality import QualityScorer
-
-            t0 = time.perf_counter()
-            scorer = [
-                JsonlReader(str(kept_dir)),
-                QualityScorer(str(classifier_dir(cfg)), threshold=c.quality.threshold,
-                              exclusion_writer=JsonlWriter(str(work / "dropped" / "quality"))),
-                JsonlWriter(str(work / "scored")),
-            ]  # fmt: skip
-            make_executor(scorer, name="quality", tasks=tasks, opts=opts).run()
-            kept_dir = work / "scored"
-            timings["quality_s"] = time.perf_counter() - t0
-
+    with rundir.staging(NAME) as out:
         t0 = time.perf_counter()
         counter = _token_counter(cfg)
         stats = _new_stats(read_stats, list(sources(cfg)))
@@ -136,15 +142,29 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
                    "tokenizer": counter.name, "output_unit": c.output_unit}  # fmt: skip
         (out / "stats.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
         (out / "table.md").write_text(table_markdown(stats, counter.name), encoding="utf-8")
+        shutil.copytree(work / "logs", out / "logs")  # datatrove's logs and stats per step, with the output
         log.info("corpus table:\n%s", table_markdown(stats, counter.name))
-        shutil.rmtree(work / "paragraphs", ignore_errors=True)
-        shutil.rmtree(work / "deduped", ignore_errors=True)
-        shutil.rmtree(work / "scored", ignore_errors=True)
+    rundir.clear_work(NAME)
 
     total = _totals(stats)
     record.metrics = total | {"timings": summary["timings"]}
     record.outputs = {"data": "corpus/data", "dropped": "corpus/dropped", "table": "corpus/table.md"}
     return record
+
+
+# ---- the work folder: datatrove's intermediate files and completion markers, kept across interruptions ----------
+
+UNKEYED = ("workers", "executor_options", "count_tokenizer", "shard_rows", "output_unit")
+"""`corpus` settings that do not change what the datatrove chain computes (how many tasks run at once, how the
+in-process assembly counts and shards): changing them resumes the work folder instead of starting over."""
+
+
+def work_key(cfg: Config) -> dict:
+    """What the work folder's files were computed from: the stage's settings and input fingerprints."""
+    section = config_section(cfg)
+    section["corpus"] = {k: v for k, v in section["corpus"].items() if k not in UNKEYED}
+    section.pop("source_model")  # only names the tokenizer that counts Table 2's tokens
+    return {"version": VERSION, "config": section, "inputs": inputs(cfg)}
 
 
 def _nothing_read(bad_folder: Path, files: list[tuple[str, Path, Path]]) -> str:

@@ -7,59 +7,69 @@ trains with `vikhr.train.trainer.KLTrainer` and writes `pretrain/`:
   pretrain_report.json/.md   data and packing counts, settings, held-out bits per char before/after, timings
   log_history.json, loss.png  the Trainer's logs (loss, ce, kl, eval) and their curves
 
-Checkpoints live in `<run_dir>/pretrain.work/` (outside the staged output, so a crash keeps them); a rerun with
-the same settings resumes from the last one. Under `accelerate launch` every rank trains; rank 0 writes the output.
+Checkpoints live in `<run_dir>/pretrain.work/` (outside the staged output, so a crash keeps them). A rerun resumes
+from the last one only when the stage's full fingerprint is unchanged (`resume_key`: settings, the transplanted model
+by content and by its manifest record, the training text, replay, reference model, code and package versions, world
+size); anything else, or `--force pretrain`, starts at step 0. Under `accelerate launch` every rank trains; rank 0
+writes the output.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
+import vikhr
 from vikhr.config import Config, PretrainConfig, resolve_path, to_dict
 from vikhr.log import get_logger
-from vikhr.manifest import StageRecord, digest, path_fingerprint
+from vikhr.manifest import StageRecord, package_versions, path_fingerprint
 from vikhr.rundir import RunDir
-from vikhr.stages.common import held_out_texts
-from vikhr.stages.tokenizer import corpus_output
-from vikhr.train.launch import is_main_process
+from vikhr.stages.common import (
+    held_out_texts,
+    source_model_fingerprint,
+    source_model_path,
+    spec_fingerprints,
+    target_specs,
+)
+from vikhr.train.dist import is_main_process, rank, world_size
+from vikhr.train.run import resume_point, train_and_save, training_arguments
 
 log = get_logger(__name__)
 
 NAME = "pretrain"
-VERSION = 1
+VERSION = 2  # 2: resume keyed on the full fingerprint; mixed precision from vikhr.precision
 WORK = "pretrain.work"
 
 
-def _read(cfg: Config, specs: list[str]) -> list[str]:
+def _read(cfg: Config, specs: list[str], text_field: str | None = None) -> list[str]:
     from vikhr.corpus.readers import iter_documents
 
     docs = iter_documents(
         specs,
         base=resolve_path(cfg, "."),
-        text_field=cfg.data.text_field,
+        text_field=text_field or cfg.data.text_field,
         on_decode_error=cfg.data.on_decode_error,
     )
     return [d.text for d in docs if d.text.strip()]
 
 
+def training_specs(cfg: Config, rundir: RunDir) -> tuple[list[str], str, str]:
+    """(specs, where they come from, text field): `pretrain.data`, else the corpus stage's output, else data.target."""
+    if cfg.pretrain.data:
+        return list(cfg.pretrain.data), "pretrain.data", cfg.data.text_field
+    return target_specs(cfg, rundir)
+
+
 def training_documents(cfg: Config, rundir: RunDir) -> tuple[list[str], str]:
     """Target-language documents and where they came from (pretrain.data, the corpus stage, or data.target)."""
     p = cfg.pretrain
-    if p.data:
-        specs, source = p.data, "pretrain.data"
-    elif (shards := corpus_output(rundir)) is not None:
-        specs, source = [str(shards)], "corpus stage"
-    else:
-        specs, source = cfg.data.target, "data.target"
-    docs = _read(cfg, specs)
+    specs, source, field = training_specs(cfg, rundir)
+    docs = _read(cfg, specs, field)
     if 0 < p.max_documents < len(docs):
         keep = sorted(random.Random(p.seed).sample(range(len(docs)), p.max_documents))
         docs = [docs[i] for i in keep]
@@ -73,8 +83,6 @@ def replay_documents(cfg: Config, target_chars: int) -> list[str]:
     p = cfg.pretrain
     if p.replay_share <= 0:
         return []
-    if not 0 < p.replay_share < 1:
-        raise ValueError(f"pretrain.replay_share must be in [0, 1), got {p.replay_share}")
     docs = _read(cfg, p.replay or cfg.data.extra)
     random.Random(p.seed).shuffle(docs)
     budget = target_chars * p.replay_share / (1 - p.replay_share)
@@ -108,52 +116,45 @@ def plan_steps(p: PretrainConfig, rows: int, world: int) -> int:
     return max(math.ceil(per_epoch * p.epochs), 1)
 
 
-def training_arguments(p: PretrainConfig, work: Path, steps: int):
-    """`TrainingArguments` for the run (bf16 on a capable GPU, CPU otherwise)."""
-    from transformers import TrainingArguments
-
-    cuda = torch.cuda.is_available()
-    bf16 = p.bf16 == "true" or (p.bf16 == "auto" and cuda and torch.cuda.is_bf16_supported())
-    every = max(steps // 5, 1)
-    return TrainingArguments(
-        output_dir=str(work), per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.grad_accum, num_train_epochs=p.epochs, max_steps=p.max_steps or -1,
-        learning_rate=p.lr, lr_scheduler_type=p.lr_scheduler, warmup_steps=p.warmup_steps,
-        weight_decay=p.weight_decay, adam_beta1=p.adam_beta1, adam_beta2=p.adam_beta2, adam_epsilon=p.adam_eps,
-        max_grad_norm=p.max_grad_norm, bf16=bf16, use_cpu=not cuda, activation_checkpointing=p.gradient_checkpointing,
-        logging_steps=p.logging_steps, eval_strategy="steps", eval_steps=p.eval_steps or every,
-        save_strategy="steps", save_steps=p.save_steps or every, save_total_limit=p.save_total_limit,
-        report_to=p.report_to, seed=p.seed, data_seed=p.seed, disable_tqdm=not is_main_process(),
-        remove_unused_columns=False, ddp_find_unused_parameters=False,
+def pretrain_arguments(p: PretrainConfig, work: Path, steps: int):
+    """The stage's settings as `TrainingArguments` (through `vikhr.train.run`)."""
+    return training_arguments(
+        work, batch_size=p.batch_size, lr=p.lr, grad_accum=p.grad_accum, epochs=p.epochs, max_steps=p.max_steps,
+        planned_steps=steps, lr_scheduler=p.lr_scheduler, warmup_steps=p.warmup_steps,
+        weight_decay=p.weight_decay, adam_betas=(p.adam_beta1, p.adam_beta2), adam_eps=p.adam_eps,
+        max_grad_norm=p.max_grad_norm, bf16=p.bf16, gradient_checkpointing=p.gradient_checkpointing,
+        logging_steps=p.logging_steps, eval_steps=p.eval_steps, save_steps=p.save_steps,
+        save_total_limit=p.save_total_limit, report_to=p.report_to, seed=p.seed,
     )  # fmt: skip
 
 
-def _resume_point(work: Path, settings: str, resume: bool) -> str | None:
-    """The last checkpoint of an earlier run with the same settings; otherwise a clean work folder."""
-    from transformers.trainer_utils import get_last_checkpoint
+COSMETIC = ("resume", "report_to", "logging_steps", "save_total_limit")
+"""Pretrain settings that do not change the trained weights (a run may resume across a change of these)."""
 
-    stamp = work / "settings.txt"
-    same = stamp.is_file() and stamp.read_text() == settings
-    last = get_last_checkpoint(str(work)) if work.is_dir() and same and resume else None
-    if last is None and is_main_process():
-        if work.is_dir():
-            log.info("pretrain: starting fresh (%s)", "settings changed" if not same else "resume is off")
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
-        stamp.write_text(settings)
-    if last:
-        log.info("pretrain: resuming from %s", last)
-    return last
+
+def resume_key(cfg: Config, rundir: RunDir, model_dir: Path) -> dict:
+    """Everything the trained weights depend on: a checkpoint is resumed only when all of it is unchanged."""
+    p = cfg.pretrain
+    specs, source, _ = training_specs(cfg, rundir)
+    replay = list(p.replay or cfg.data.extra) if p.replay_share > 0 else []
+    return {
+        "code": {"vikhr": vikhr.__version__, "stage": VERSION, "packages": package_versions()},
+        "settings": {k: v for k, v in to_dict(p).items() if k not in COSMETIC},
+        "data_settings": to_dict(cfg.data),
+        "model": path_fingerprint(model_dir),
+        "transplant": (rundir.manifest.get("transplant") or {}).get("fingerprint", ""),
+        "text": {"source": source, "files": spec_fingerprints(cfg, specs)},
+        "replay": spec_fingerprints(cfg, replay),
+        "reference": source_model_fingerprint(cfg) if p.reference == "base" else p.reference,
+        "world_size": world_size(),
+    }
 
 
 def _base_reference(cfg: Config, dtype: torch.dtype):
     """The source model and its tokenizer, for `reference: base`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from vikhr.models import resolve_model
-
-    local = resolve_path(cfg, cfg.source_model)
-    path = resolve_model(str(local) if local.is_dir() else cfg.source_model)
+    path = source_model_path(cfg)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
 
 
@@ -204,16 +205,11 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
             del ds.rows[p.eval_max_rows :]
     timings["data_s"] = time.perf_counter() - t0
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     steps = plan_steps(p, len(train_ds), world)
-    cosmetic = ("resume", "report_to", "logging_steps", "save_total_limit")
-    same = {k: v for k, v in to_dict(p).items() if k not in cosmetic}
-    settings = digest(
-        {"pretrain": same, "model": path_fingerprint(model_dir / "config.json"), "world": world}
-    )
-    work = rundir.path / WORK
-    last = _resume_point(work, settings, p.resume)
-    args = training_arguments(p, work, steps)
+    work = rundir.work_dir(NAME)
+    last = resume_point(work, resume_key(cfg, rundir, model_dir), p.resume and NAME not in rundir.forced)
+    args = pretrain_arguments(p, work, steps)
     trainer = KLTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_sets, data_collator=PackingCollator(),
         reference=p.reference, kl_weight=p.kl_weight, kl_chunk=p.kl_chunk, kl_direction=p.kl_direction,
@@ -221,9 +217,8 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
         freeze_steps=(p.freeze_steps or max(steps // 10, 1)) if p.freeze == "body" else 0,
     )  # fmt: skip
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
+    result, final = train_and_save(trainer, work, last)
     timings["train_s"] = time.perf_counter() - t0
-    trainer.save_model(str(work / "final"))  # every rank: FSDP / ZeRO-3 gather the full weights collectively
     data = {
         "source": source, "documents": len(docs), "train_documents": len(train_docs),
         "eval_documents": len(eval_docs), "replay_documents": len(replay), "world_size": world,
@@ -231,7 +226,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
         "tokens_per_step": p.seq_len * p.batch_size * p.grad_accum * world, "resumed_from": last,
     }  # fmt: skip
     if not is_main_process():
-        record.metrics = {"rank": int(os.environ.get("RANK", "0"))}
+        record.metrics = {"rank": rank()}
         return record
 
     t0 = time.perf_counter()
@@ -245,7 +240,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
         "base_bits_per_char": _base_bpc(cfg, rundir), "timings": {k: round(v, 1) for k, v in timings.items()},
     }  # fmt: skip
     with rundir.staging(NAME) as out:
-        write_outputs(out, work / "final", model_dir, report, trainer.state.log_history)
+        write_outputs(out, final, model_dir, report, trainer.state.log_history)
     record.metrics = {
         "steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4),
         "bits_per_char": bpc, "timings": report["timings"],
@@ -267,14 +262,11 @@ def _base_bpc(cfg: Config, rundir: RunDir) -> dict:
 
 
 def inputs(cfg: Config) -> dict:
-    from vikhr.corpus.readers import resolve_spec
-
     p = cfg.pretrain
-    base = resolve_path(cfg, ".")
     specs = list(p.data) + (list(p.replay or cfg.data.extra) if p.replay_share > 0 else [])
     if not p.data:
         specs += cfg.data.target  # used when the corpus stage has not run; fingerprinted either way
-    return {str(s): path_fingerprint(resolve_spec(s, base)) for s in specs}
+    return spec_fingerprints(cfg, specs)
 
 
 def config_section(cfg: Config) -> dict:

@@ -20,7 +20,13 @@ from vikhr.corpus.readers import ReadReport, iter_documents, paragraphs, sample_
 from vikhr.log import get_logger, progress
 from vikhr.manifest import StageRecord
 from vikhr.rundir import RunDir
-from vikhr.stages.common import held_out_texts
+from vikhr.stages.common import (
+    held_out_texts,
+    source_model_fingerprint,
+    source_model_path,
+    spec_fingerprints,
+    target_specs,
+)
 from vikhr.tokenizer import build, spm
 from vikhr.tokenizer.report import default_tokenizers, efficiency_report, write_report
 
@@ -50,37 +56,24 @@ def _read_paragraphs(
     return paras, report
 
 
-def corpus_output(rundir: RunDir | None) -> Path | None:
-    """The corpus stage's kept text (parquet shards) when that stage has finished in this run directory."""
-    if rundir is None or not rundir.is_done("corpus"):
-        return None
-    data = rundir.stage_dir("corpus") / "data"
-    return data if any(data.glob("*.parquet")) else None
-
-
 def training_text(cfg: Config, rundir: RunDir | None = None) -> tuple[list[str], list[str], dict]:
     """Target paragraphs (sampled to `sample_chars`) and second-language paragraphs at `extra_share`.
 
     The target text is the corpus stage's output (filtered and deduplicated) when it exists, else `data.target`.
     """
     t = cfg.tokenizer
-    corpus = corpus_output(rundir)
-    if corpus is not None:
-        target, rep_t = _read_paragraphs(cfg, [str(corpus)], "target-language (corpus stage)", "text")
-    else:
-        target, rep_t = _read_paragraphs(cfg, cfg.data.target, "target-language")
+    specs, source, field = target_specs(cfg, rundir)
+    target, rep_t = _read_paragraphs(cfg, specs, f"target-language ({source})", field)
     target = sample_paragraphs(target, t.sample_chars, t.seed)
     n_target = sum(map(len, target))
     extra: list[str] = []
     rep_e = ReadReport()
     if t.extra_share > 0 and cfg.data.extra:
-        if not 0 <= t.extra_share < 1:
-            raise ValueError(f"tokenizer.extra_share must be in [0, 1), got {t.extra_share}")
         pool, rep_e = _read_paragraphs(cfg, cfg.data.extra, "second-language")
         budget = int(n_target * t.extra_share / (1 - t.extra_share))
         extra = sample_paragraphs(pool, budget, t.seed + 1)
     info = {
-        "target_source": str(corpus) if corpus is not None else list(map(str, cfg.data.target)),
+        "target_source": specs[0] if source == "corpus stage" else specs,
         "target_paragraphs": len(target),
         "target_chars": n_target,
         "extra_paragraphs": len(extra),
@@ -129,12 +122,9 @@ def _report_inputs(cfg: Config) -> tuple[dict[str, list[str]], dict[str, object]
 def _load_base(cfg: Config):
     from transformers import AutoTokenizer
 
-    from vikhr.models import resolve_model
-
     if not cfg.source_model:
         return None, None
-    local = resolve_path(cfg, cfg.source_model)  # a relative folder is taken from the config file's folder
-    where = resolve_model(str(local) if local.is_dir() else cfg.source_model)
+    where = source_model_path(cfg)
     return Path(where), AutoTokenizer.from_pretrained(where)
 
 
@@ -171,8 +161,6 @@ def _sweep(cfg: Config, lines: list[str], texts: dict, out: Path, specials) -> d
 def run(cfg: Config, rundir: RunDir) -> StageRecord:
     """Train, build the HF tokenizer for `tokenizer.mode`, check it, and write the efficiency report."""
     t = cfg.tokenizer
-    if t.mode not in ("replace", "extend"):
-        raise ValueError(f"tokenizer.mode must be 'replace' or 'extend', got {t.mode!r}")
     record = StageRecord(name=NAME, started=time.time())
     timings: dict[str, float] = {}
     base_dir, base_tok = _load_base(cfg)
@@ -280,11 +268,9 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
 
 def inputs(cfg: Config) -> dict:
     """What the stage's output depends on besides its config: input files, base model, report tokenizers."""
-    from vikhr.corpus.readers import resolve_spec
     from vikhr.manifest import path_fingerprint
 
-    base = resolve_path(cfg, ".")
-    files = {str(s): path_fingerprint(resolve_spec(s, base)) for s in cfg.data.target + cfg.data.extra}
+    files = spec_fingerprints(cfg, cfg.data.target + cfg.data.extra)
     texts, others = {}, {}
     for lang, p in cfg.tokenizer.report_texts.items():
         texts[lang] = path_fingerprint(resolve_path(cfg, p))
@@ -295,9 +281,7 @@ def inputs(cfg: Config) -> dict:
             others[spec] = path_fingerprint(resolve_path(cfg, spec))
         else:
             others[spec] = spec  # a hub id
-    src = cfg.source_model
-    local = resolve_path(cfg, src) if src else None
-    model = path_fingerprint(local) if local is not None and local.is_dir() else src
+    model = source_model_fingerprint(cfg)
     return {"data": files, "report_texts": texts, "report_tokenizers": others, "source_model": model}
 
 

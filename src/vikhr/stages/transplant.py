@@ -18,7 +18,13 @@ from vikhr.config import Config, resolve_path, to_dict
 from vikhr.log import get_logger
 from vikhr.manifest import StageRecord, path_fingerprint
 from vikhr.rundir import RunDir
-from vikhr.stages.common import held_out_texts
+from vikhr.stages.common import (
+    held_out_texts,
+    source_model_fingerprint,
+    source_model_path,
+    spec_fingerprints,
+    target_specs,
+)
 from vikhr.tokenizer.build import ORIGIN_FILE, vocab_digest
 from vikhr.transplant import diagnostics as diag
 from vikhr.transplant.apply import build_matrices, install, is_tied
@@ -28,7 +34,7 @@ from vikhr.transplant.mapping import build_token_map
 log = get_logger(__name__)
 
 NAME = "transplant"
-VERSION = 1
+VERSION = 2  # 2: calibration reads the corpus output; compute dtype from vikhr.precision
 
 
 def _tokenizer_dir(rundir: RunDir) -> Path:
@@ -55,15 +61,16 @@ def check_same_base(tok_dir: Path, base_tok, source_model: str) -> None:
         )
 
 
-def _calibration_stream(cfg: Config, tok, start_id: int) -> list[int]:
-    """Target-language text under the new tokenizer, paragraphs joined by the start token."""
+def _calibration_stream(cfg: Config, rundir: RunDir, tok, start_id: int) -> list[int]:
+    """Target-language text under the new tokenizer, paragraphs joined by the start token. The text is the one the
+    tokenizer was trained on: the corpus stage's output when it exists, else `data.target`."""
     from vikhr.corpus.readers import iter_documents, paragraphs, sample_paragraphs
 
+    specs, _, field = target_specs(cfg, rundir)
     paras: list[str] = []
     for doc in iter_documents(
-        cfg.data.target, base=resolve_path(cfg, "."), text_field=cfg.data.text_field,
-        on_decode_error=cfg.data.on_decode_error,
-    ):  # fmt: skip
+        specs, base=resolve_path(cfg, "."), text_field=field, on_decode_error=cfg.data.on_decode_error
+    ):
         paras.extend(paragraphs(doc.text))
     budget_chars = cfg.transplant.calibration_tokens * 8  # generous: ~4 chars per token, twice over
     stream: list[int] = []
@@ -92,14 +99,12 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from vikhr.eval.bpc import start_token_id
-    from vikhr.models import resolve_model
 
     t = cfg.transplant
     record = StageRecord(name=NAME, started=time.time())
     timings: dict[str, float] = {}
     tok_dir = _tokenizer_dir(rundir)
-    local = resolve_path(cfg, cfg.source_model)
-    base_path = resolve_model(str(local) if local.is_dir() else cfg.source_model)
+    base_path = source_model_path(cfg)
     base_tok = AutoTokenizer.from_pretrained(base_path)
     tok = AutoTokenizer.from_pretrained(tok_dir)
     check_same_base(tok_dir, base_tok, cfg.source_model)
@@ -126,7 +131,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
             tokens=t.calibration_tokens, seq_len=t.calibration_seq_len, epochs=t.calibration_epochs,
             lr=t.calibration_lr, seed=t.seed,
         )  # fmt: skip
-        stream = _calibration_stream(cfg, tok, start_token_id(tok))
+        stream = _calibration_stream(cfg, rundir, tok, start_token_id(tok))
         calib = calibrate(model, stream, tmap.ids("pieces", "fallback"), tied, opts)
         timings["calibration_s"] = time.perf_counter() - t0
 
@@ -177,18 +182,12 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
 
 
 def inputs(cfg: Config) -> dict:
-    from vikhr.corpus.readers import resolve_spec
-
-    base = resolve_path(cfg, ".")
-    local = resolve_path(cfg, cfg.source_model) if cfg.source_model else None
-    out = {
-        "source_model": path_fingerprint(local) if local is not None and local.is_dir() else cfg.source_model
-    }
+    out: dict = {"source_model": source_model_fingerprint(cfg)}
     out["eval_texts"] = {
         k: path_fingerprint(resolve_path(cfg, p)) for k, p in cfg.transplant.eval_texts.items()
     }
     if cfg.transplant.method == "calibrated":
-        out["data"] = {str(s): path_fingerprint(resolve_spec(s, base)) for s in cfg.data.target}
+        out["data"] = spec_fingerprints(cfg, cfg.data.target)  # read when the corpus stage has not run
     return out
 
 

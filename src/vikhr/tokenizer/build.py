@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vikhr.log import get_logger
+from vikhr.scripts import has_cyrillic
 from vikhr.tokenizer import spm
 from vikhr.tokenizer.surface import is_bytelevel
 
@@ -163,7 +164,7 @@ def extend_sentencepiece(
         p = base.pieces.add()
         p.piece, p.score = added.content, 0.0
         p.type = spm.CONTROL if added.special else spm.USER_DEFINED
-    keep = spm.contains_cyrillic if keep_cyrillic_only else (lambda s: True)
+    keep = has_cyrillic if keep_cyrillic_only else (lambda s: True)
     ext, stats = spm.extend_sp_proto(base, spm.load_proto(sp_model), keep=keep, max_new=max_new)
     tok = spm.proto_to_tokenizer_json(ext)
     specials = special_tokens_of(base_tok)

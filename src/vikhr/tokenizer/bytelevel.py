@@ -3,7 +3,7 @@
 The base tokenizer is kept intact: every base token keeps its id, every base merge keeps its rank, and the new
 merges are appended after all of them (lowest priority). New merges are learned by *continuing* BPE training on
 words already segmented by the base model, and each new token must contain a lead byte of the target script
-(for Cyrillic, a UTF-8 lead byte 0xD0-0xD4). Text without such bytes can therefore never meet a new merge, so it
+(for Cyrillic, a UTF-8 lead byte 0xD0-0xD3). Text without such bytes can therefore never meet a new merge, so it
 encodes exactly as before — English stays bit-identical, Russian gets longer tokens.
 
 Too little text is not an error: when fewer pairs than requested reach `min_frequency`, the tokenizer is
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -23,15 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vikhr.fsutil import staged_dir
 from vikhr.log import get_logger, progress
+from vikhr.scripts import UTF8_LEAD_BYTES
 from vikhr.tokenizer.surface import bytelevel_to_bytes, bytes_to_unicode, unicode_to_bytes  # noqa: F401
 
 log = get_logger(__name__)
 
-# UTF-8 lead bytes of each supported script. A token containing one of them can only match text that contains
-# a character of that script, which is what keeps other text's encoding unchanged.
-# cyrillic: 0xD0-0xD4 lead U+0400..U+053F (Cyrillic, Cyrillic Supplement, and the Armenian capitals at the end).
-SCRIPT_LEAD_BYTES: dict[str, frozenset[int]] = {"cyrillic": frozenset(range(0xD0, 0xD5))}
 
 # `init_kwargs` of the base tokenizer that describe where it was loaded from, not what it is.
 _LOAD_ONLY_KWARGS = {
@@ -77,9 +74,9 @@ def script_filter(script: str) -> Callable[[str], bool]:
     """
     if script == "any":
         return lambda token: token_bytes(token) is not None
-    if script not in SCRIPT_LEAD_BYTES:
-        raise ValueError(f"unknown script {script!r}; known: {sorted(SCRIPT_LEAD_BYTES)} or 'any'")
-    lead = SCRIPT_LEAD_BYTES[script]
+    if script not in UTF8_LEAD_BYTES:
+        raise ValueError(f"unknown script {script!r}; known: {sorted(UTF8_LEAD_BYTES)} or 'any'")
+    lead = UTF8_LEAD_BYTES[script]  # a token holding one only matches text with a letter of that script
 
     def allowed(token: str) -> bool:
         raw = token_bytes(token)
@@ -293,7 +290,7 @@ def _save_tokenizer(base: Any, tokenizer_json: dict, out_dir: Path) -> None:
     """Write a HF tokenizer folder: the new backend plus the base's special tokens, settings and chat template."""
     from transformers import PreTrainedTokenizerFast
 
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_file = out_dir / "tokenizer.json"
     tokenizer_file.write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
     kwargs = {k: v for k, v in base.init_kwargs.items() if k not in _LOAD_ONLY_KWARGS}
@@ -401,12 +398,8 @@ def extend_bytelevel_tokenizer(
         log.warning(
             "new ids start at %d but the base has %d tokens (gaps in the base ids)", first_id, base_size
         )
-    staging = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    _save_tokenizer(base, new_json, staging)
-    final_size = _check_saved(base, staging, base_size + len(merges))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
+    with staged_dir(out_dir) as staging:
+        _save_tokenizer(base, new_json, staging)
+        final_size = _check_saved(base, staging, base_size + len(merges))
     log.info("extended %s: %d + %d = %d tokens -> %s", base_dir, base_size, len(merges), final_size, out_dir)
     return ExtendResult(base_size, len(merges), final_size, rejected)

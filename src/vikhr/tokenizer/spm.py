@@ -11,8 +11,6 @@ matches SentencePiece on the tested corpora (FLORES, Gutenberg), and `check_equi
 from __future__ import annotations
 
 import os
-import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from vikhr.log import get_logger
+from vikhr.scripts import has_cyrillic
 
 log = get_logger(__name__)
 
@@ -32,7 +31,6 @@ USER_DEFINED = sp_pb2.ModelProto.SentencePiece.USER_DEFINED
 BYTE = sp_pb2.ModelProto.SentencePiece.BYTE
 UNUSED = sp_pb2.ModelProto.SentencePiece.UNUSED
 
-_CYRILLIC = re.compile(r"[\u0400-\u04FF\u0500-\u052F]")
 
 
 class TokenizerTrainingError(ValueError):
@@ -161,11 +159,6 @@ def load_proto(model_file: Path | bytes) -> sp_pb2.ModelProto:
     return proto
 
 
-def contains_cyrillic(text: str) -> bool:
-    """True when `text` has at least one Cyrillic letter."""
-    return bool(_CYRILLIC.search(text))
-
-
 @dataclass(frozen=True)
 class SpmExtendStats:
     base_pieces: int
@@ -178,7 +171,7 @@ class SpmExtendStats:
 def extend_sp_proto(
     base: sp_pb2.ModelProto,
     new: sp_pb2.ModelProto,
-    keep: Callable[[str], bool] = contains_cyrillic,
+    keep: Callable[[str], bool] = has_cyrillic,
     max_new: int | None = None,
 ) -> tuple[sp_pb2.ModelProto, SpmExtendStats]:
     """Append `new`'s learned pieces that the base lacks, below every base piece, in `new`'s own order.
@@ -337,9 +330,3 @@ def check_equivalence(
         if list(a) != list(b):
             diff.append({"text": line[:200], "sentencepiece": list(a)[:40], "fast": list(b)[:40]})
     return EquivalenceResult(len(lines), len(diff), diff[:max_examples])
-
-
-def tmp_prefix(dir: Path | None = None) -> Path:
-    """A fresh temporary model prefix (for callers that only want the model bytes)."""
-    d = Path(tempfile.mkdtemp(dir=dir, prefix="spm-"))
-    return d / "spm"

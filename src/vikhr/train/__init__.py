@@ -1,4 +1,7 @@
-"""Continued pre-training: KL losses, token alignment, packing, the Trainer subclass, launching and reports."""
+"""Training: KL losses, token alignment, packing, the Trainer subclass, the shared training run, launching, reports."""
+
+IGNORE_INDEX = -100
+"""Label of a position that is not scored (PyTorch's and transformers' convention)."""
 
 
 class TrainingDiverged(RuntimeError):

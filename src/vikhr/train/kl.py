@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vikhr.train import IGNORE_INDEX
+
 Direction = Literal["reverse", "forward"]
 """`reverse`: KL(P_model ‖ P_ref), the paper's eq. 1. `forward`: KL(P_ref ‖ P_model), as in distillation."""
-
-IGNORE_INDEX = -100
 
 
 def _check_direction(direction: str) -> None:

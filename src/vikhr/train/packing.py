@@ -26,10 +26,10 @@ import torch
 from torch.utils.data import Dataset
 
 from vikhr.log import get_logger
+from vikhr.train import IGNORE_INDEX
 
 log = get_logger(__name__)
 
-IGNORE_INDEX = -100
 MASK_FROM_POSITIONS = ("sdpa", "eager", "flex_attention")
 """Attention implementations whose mask transformers builds block-diagonally from restarting position_ids."""
 

@@ -8,7 +8,7 @@ wrappers' pre-backward hooks see it. Models that post-process logits (soft-cappi
 
 Reference (`reference=`):
 - `"init"`: a frozen deep copy of the model taken when the trainer is built, before any step (requires_grad off,
-  eval mode, bf16 on CUDA, the model's own dtype elsewhere) on the model's device. It is a plain attribute of the
+  eval mode, the compute dtype on a GPU, the model's own dtype on a CPU) on the model's device. It is a plain attribute of the
   trainer, not a submodule of `self.model`, so the optimizer, accelerate and DDP never see it; each rank holds a
   whole copy (also under FSDP/ZeRO-3: 2 bytes per parameter per GPU). Exact KL over the full vocabulary.
   Resuming: build the fresh trainer from the same *initial* model (the checkpoint weights are loaded later by
@@ -54,8 +54,9 @@ from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 from vikhr.log import get_logger
-from vikhr.train import TrainingDiverged
-from vikhr.train.kl import IGNORE_INDEX, Direction, ce_and_kl, chunked_ce, chunked_kl
+from vikhr.precision import compute_dtype
+from vikhr.train import IGNORE_INDEX, TrainingDiverged
+from vikhr.train.kl import Direction, ce_and_kl, chunked_ce, chunked_kl
 from vikhr.train.packing import PackingCollator, check_model_for_packing
 
 log = get_logger(__name__)
@@ -73,8 +74,11 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def place_reference(ref: nn.Module, device: torch.device) -> nn.Module:
-    """Move a reference to `device`: bf16 on CUDA, its own dtype elsewhere."""
-    dtype = torch.bfloat16 if device.type == "cuda" else next(ref.parameters()).dtype
+    """Move a reference to `device`. On a GPU it is stored in the compute dtype (`vikhr.precision`: bf16 where the
+    card supports it), which halves its memory; on a CPU it keeps the model's own dtype and computes under the same
+    autocast as the trained model, so the KL to `init` is exactly 0 before the first step."""
+    own = next(ref.parameters()).dtype
+    dtype = compute_dtype(device) if device.type == "cuda" else own
     return ref.to(device=device, dtype=dtype)
 
 
@@ -196,7 +200,7 @@ class KLTrainer(Trainer):
         y = labels[:, 1:]
         chunk, direction = self.kl_chunk, self.kl_direction
         if self.reference == "init":
-            with torch.no_grad():
+            with torch.no_grad(), self.accelerator.autocast():  # the trained model's mixed precision
                 ref_h = _decoder(self.ref_model)(**inputs, use_cache=False).last_hidden_state[:, :-1, :]
             ref_w = self.ref_model.get_output_embeddings().weight
 
@@ -206,7 +210,7 @@ class KLTrainer(Trainer):
                 )
 
         elif self.reference == "base":
-            with torch.no_grad():
+            with torch.no_grad(), self.accelerator.autocast():  # the trained model's mixed precision
                 bh = _decoder(self.base_ref)(
                     input_ids=base["base_input_ids"], position_ids=base["base_position_ids"], use_cache=False
                 ).last_hidden_state

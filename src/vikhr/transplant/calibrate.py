@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from vikhr.log import get_logger, progress
+from vikhr.precision import autocast
 
 log = get_logger(__name__)
 
@@ -40,10 +41,6 @@ def pack(stream: list[int], seq_len: int, max_tokens: int) -> torch.Tensor:
     return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 @torch.no_grad()
 def final_hidden_states(model, rows: torch.Tensor, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Final (normed) hidden states at every position but the last, and the next token there."""
@@ -54,7 +51,7 @@ def final_hidden_states(model, rows: torch.Tensor, batch_size: int = 8) -> tuple
     hs = []
     for i in progress(range(0, rows.shape[0], batch_size), desc="calibration: hidden states", unit="batch"):
         x = rows[i : i + batch_size].to(device)
-        with _autocast(device):
+        with autocast(device):
             h = body(input_ids=x).last_hidden_state
         hs.append(h[:, :-1].float().cpu())
     model.train(was_training)
@@ -66,7 +63,7 @@ def _loss(hidden: torch.Tensor, targets: torch.Tensor, w: torch.Tensor, batch: i
     total = 0.0
     with torch.no_grad():
         for i in range(0, hidden.shape[0], batch):
-            with _autocast(hidden.device):
+            with autocast(hidden.device):
                 logits = hidden[i : i + batch] @ w.T
             total += torch.nn.functional.cross_entropy(
                 logits.float(), targets[i : i + batch], reduction="sum"
@@ -103,7 +100,7 @@ def fit_rows(
         total = 0.0
         for i in range(0, len(perm), opts.batch_tokens):
             idx = perm[i : i + opts.batch_tokens]
-            with _autocast(device):
+            with autocast(device):
                 logits = hidden[idx] @ w.T
             loss = torch.nn.functional.cross_entropy(logits.float(), targets[idx])
             loss.backward()
