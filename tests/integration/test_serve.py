@@ -212,3 +212,17 @@ def test_real_smollm2_answers_through_the_openai_client():
             max_tokens=20, temperature=0,
         )  # fmt: skip
         assert "Paris" in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
+
+
+def test_auto_dtype_comes_from_the_precision_helper(tiny_smollm, monkeypatch):
+    import torch
+
+    from vikhr.precision import compute_dtype
+    from vikhr.serve.engine import Engine
+
+    def loaded_dtype() -> torch.dtype:
+        return next(Engine.load(str(tiny_smollm), device="cpu").model.parameters()).dtype
+
+    assert loaded_dtype() == compute_dtype("cpu")  # float32 on an AVX2-only CPU, not a hard-coded rule
+    monkeypatch.setenv("VIKHR_COMPUTE_DTYPE", "bfloat16")
+    assert loaded_dtype() == torch.bfloat16

@@ -19,7 +19,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "model", help="model folder, alias (smollm2-135m-instruct) or hub id; a run dir's stage output works"
     )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")  # fmt: skip
+                   help="weights dtype (auto: vikhr.precision.compute_dtype: bfloat16 where the device computes "
+                        "it natively, a recent GPU or a CPU with AVX512-BF16/AMX, else float32; "
+                        "$VIKHR_COMPUTE_DTYPE overrides)")  # fmt: skip
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--max-model-len", type=int, help="cap the context length (default: the model's)")
     p.add_argument("--log-level", default="INFO")
@@ -41,7 +43,11 @@ def add_commands(sub) -> None:
     p.add_argument(
         "--served-model-name", help="the `model` clients send (default: the MODEL argument's name)"
     )
-    p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (or set ${API_KEY_ENV})")
+    p.add_argument(
+        "--api-key",
+        help=f"require 'Authorization: Bearer KEY'; better set ${API_KEY_ENV}=KEY instead, which keeps the key "
+        "out of the process list",
+    )
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-pending", type=int, default=256, help="waiting requests before answering 429")
     p.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask")
@@ -50,6 +56,16 @@ def add_commands(sub) -> None:
     p.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body")
     p.add_argument(
         "--drain", type=float, default=10.0, help="seconds running requests get to finish on shutdown"
+    )
+    p.add_argument(
+        "--timeout-read", type=float, default=30.0,
+        help="seconds a client gets to send a request's headers, and then its body (else 408 and closed)",
+    )  # fmt: skip
+    p.add_argument(
+        "--timeout-keep-alive",
+        type=float,
+        default=5.0,
+        help="seconds an idle keep-alive connection stays open",
     )
     p.set_defaults(func=cmd_serve)
 
@@ -94,13 +110,22 @@ def cmd_serve(args) -> int:
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
     )  # fmt: skip
     engine = _engine(args, max_batch=args.max_batch, max_pending=args.max_pending)
-    app = App(engine, args.served_model_name or _name(args.model), key, limits)
+    app = App(
+        engine, args.served_model_name or _name(args.model), key, limits, read_timeout_s=args.timeout_read
+    )
 
     def ready(url: str) -> None:
         sys.stderr.write(f"vikhr serve: model {app.model_name} ready at {url} (Ctrl-C stops)\n")
         sys.stderr.flush()
 
-    serve(app, args.host, args.port, drain_s=args.drain, on_ready=ready)
+    serve(
+        app,
+        args.host,
+        args.port,
+        drain_s=args.drain,
+        timeout_keep_alive=args.timeout_keep_alive,
+        on_ready=ready,
+    )
     return 0
 
 

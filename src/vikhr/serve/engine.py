@@ -214,11 +214,12 @@ class Engine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from vikhr.models import resolve_model
+        from vikhr.precision import compute_dtype, dtype_name
 
         path = resolve_model(source)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+            dtype = dtype_name(compute_dtype(device))
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
         return cls(model, tokenizer, **kwargs)

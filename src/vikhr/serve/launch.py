@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-READY = re.compile(r"ready at (http://[\d.]+:(\d+)/v1)")
+READY = re.compile(r"ready at (http://\S+:(\d+)/v1)")
 
 
 @dataclass
