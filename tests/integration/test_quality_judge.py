@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import socket
-import time
 
 import pytest
 
@@ -103,14 +102,12 @@ def test_real_smollm2_judge(tmp_path):
     assert len(items) == 6
     with start_server("smollm2-135m-instruct", "--served-model-name", "judge", timeout=300) as srv:
         client = client_for(srv.base_url, "judge", tmp_path, max_concurrency=2, timeout_s=600, max_retries=1)
-        t0 = time.perf_counter()
         res = judge(items, client, attempts=3, temperature=0, show_progress=False)
-        seconds = time.perf_counter() - t0
         client.close()
     s = judge_summary(res)
     log.warning(
-        "SmolLM2-135M judge: %d/%d parsed (%d after a retry), %d requests, %.0f s; scores: %s",
-        s["parsed"], s["items"], s["retried_parsed"], s["requests"], seconds,
+        "SmolLM2-135M judge: %d/%d parsed (%d after a retry), %d requests; scores: %s",
+        s["parsed"], s["items"], s["retried_parsed"], s["requests"],
         [r.scores if isinstance(r, Judgement) else r.reason for r in res],
     )  # fmt: skip
     assert s["parsed"] + s["failed"] == len(items) == len(res)
@@ -121,11 +118,13 @@ def test_real_smollm2_judge(tmp_path):
 def test_unreachable_endpoint_fails_fast_and_loudly(tmp_path):
     port = closed_port()
     client = client_for(f"http://127.0.0.1:{port}/v1", "judge", tmp_path, max_retries=1)
-    t0 = time.perf_counter()
-    with pytest.raises(LLMUnreachableError, match=f"127.0.0.1:{port}"):
+    with pytest.raises(LLMUnreachableError, match=rf"127.0.0.1:{port}.*2 tries"):
         judge(["Текст."] * 3, client, attempts=3, show_progress=False)
+    # fast: the judge's own re-asks (`attempts`) are not spent on an unreachable endpoint, only the transport's
+    # 1 + max_retries tries per item in flight (benchmarks/quality_bench.py measures the seconds)
+    assert client.stats.requests <= 3 * 2
     with pytest.raises(LLMUnreachableError):
         annotate_and_train([("a", "Текст.")], client, tmp_path / "q", QualityConfig())
-    assert time.perf_counter() - t0 < 10
+    assert client.stats.requests <= 3 * 2 + 2
     assert not (tmp_path / "q" / "annotations.jsonl").exists()
     client.close()

@@ -6,7 +6,7 @@ import pytest
 from vikhr.corpus.readers import iter_documents, paragraphs, sample_paragraphs
 from vikhr.tokenizer import spm
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def edit(text: str, rng: random.Random) -> str:
 
 
 @pytest.fixture
-def corpus_dir(tmp_path, shared, tiny_smollm):
+def corpus_dir(tmp_path, tiny_smollm):
     rng = random.Random(0)
     paras = chekhov_paragraphs(60)
     books = tmp_path / "in" / "books"
@@ -47,7 +47,7 @@ def corpus_dir(tmp_path, shared, tiny_smollm):
     lines.insert(2, '{"text": "broken')
     (news / "n.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     pq.write_table(pa.table({"body": paras[50:55]}), news / "no_text_column.parquet")
-    tok = shared / "tokenizers" / "smollm2-135m"
+    tok = tiny_smollm  # counts Table 2's tokens
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         f"run_dir: run\nsource_model: {tiny_smollm}\n"

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import torch
+from conftest import tiny_run_config
 from transformers import AutoModelForCausalLM
 
 from vikhr import pipeline
@@ -15,18 +16,12 @@ from vikhr.config import load_config
 
 
 def make_config(tmp_path: Path, source_model: Path, *extra: str):
-    p = tmp_path / "exp.yaml"
-    p.write_text(
-        f"run_dir: run\nsource_model: {json.dumps(str(source_model))}\n"
-        "tokenizer:\n  vocab_size: 1500\n  sample_chars: 200000\n  report_lines: 20\n  report_tokenizers: []\n"
-        "transplant:\n  method: mean\n  eval_lines: 3\n  calibration_tokens: 1024\n  calibration_seq_len: 64\n"
-        "  calibration_epochs: 1\n  prompts: ['Привет']\n"
-        "pretrain:\n  seq_len: 32\n  batch_size: 2\n  grad_accum: 1\n  max_steps: 3\n  save_steps: 3\n"
-        "  eval_steps: 3\n  max_documents: 4\n  report_to: []\n  lr: 1e-2\n  warmup_steps: 0\n  eval_max_rows: 2\n"
-        "  logging_steps: 1\n",
-        encoding="utf-8",
-    )
-    return load_config(p, list(extra))
+    settings = {
+        "transplant": {"method": "mean", "eval_lines": 3, "prompts": ["Привет"]},
+        "pretrain": {"max_steps": 3, "save_steps": 3, "eval_steps": 3, "lr": 1e-2, "warmup_steps": 0,
+                     "eval_max_rows": 2, "logging_steps": 1},
+    }  # fmt: skip
+    return load_config(tiny_run_config(tmp_path, source_model, settings), list(extra))
 
 
 def _report(run: Path) -> dict:

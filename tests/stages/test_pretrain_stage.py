@@ -155,6 +155,7 @@ def test_nan_stops_the_stage_and_names_the_checkpoint(tmp_path, tiny_smollm, mon
 
 
 @pytest.mark.slow
+@pytest.mark.shared
 def test_smollm2_learns_russian_from_ruslit(tmp_path, shared):
     """The real SmolLM2 (its own vocabulary, as the transplanted model) trained on RusLit for a few steps:
     held-out Russian bits per char and the training CE fall."""

@@ -3,8 +3,9 @@ calibration included), else `data.target`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from conftest import tiny_run_config
 
 from vikhr import pipeline
 from vikhr.config import load_config
@@ -18,16 +19,16 @@ MARK = "Project Gutenberg License, see www.gutenberg.org for details"
 def make_config(tmp_path: Path, source_model: Path):
     extra = tmp_path / "extra.txt"
     extra.write_text("\n".join([MARK] * 50), encoding="utf-8")  # boilerplate: the corpus stage drops it
-    p = tmp_path / "exp.yaml"
-    p.write_text(
-        f"run_dir: run\nsource_model: {json.dumps(str(source_model))}\n"
-        f"data:\n  target: [bundled:ru, {json.dumps(str(extra))}]\n"
-        "tokenizer:\n  vocab_size: 1500\n  sample_chars: 200000\n  report_lines: 20\n  report_tokenizers: []\n"
-        "transplant:\n  method: calibrated\n  eval_lines: 3\n  calibration_tokens: 200000\n"
-        "  calibration_seq_len: 64\n  calibration_epochs: 1\n  prompts: ['Привет']\n",
-        encoding="utf-8",
-    )
-    return load_config(p)
+    settings = {
+        "data": {"target": ["bundled:ru", str(extra)]},
+        "transplant": {
+            "method": "calibrated",
+            "eval_lines": 3,
+            "calibration_tokens": 200_000,
+            "calibration_epochs": 1,
+        },
+    }
+    return load_config(tiny_run_config(tmp_path, source_model, settings))
 
 
 def test_calibration_reads_the_corpus_output(tmp_path, tiny_smollm, monkeypatch):
@@ -48,6 +49,8 @@ def test_calibration_reads_the_corpus_output(tmp_path, tiny_smollm, monkeypatch)
     pipeline.run(cfg, stop="transplant")
     rundir = RunDir(tmp_path / "run")  # the manifest as the run left it
     specs, source, field = common.target_specs(cfg, rundir)
-    assert source == "corpus stage" and specs == [str(rundir.stage_dir("corpus") / "data")] and field == "text"
+    assert (
+        source == "corpus stage" and specs == [str(rundir.stage_dir("corpus") / "data")] and field == "text"
+    )
     assert len(seen) == 1 and len(seen[0]) > 10_000
     assert "gutenberg" not in seen[0].lower()  # raw data.target would have put the boilerplate in

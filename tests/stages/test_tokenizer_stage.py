@@ -22,7 +22,7 @@ def make_config(tmp_path: Path, source_model: str, *extra: str):
     return p, load_config(p, list(extra))
 
 
-def test_replace_with_a_byte_level_base(tmp_path, tiny_smollm, flores):
+def test_replace_with_a_byte_level_base(tmp_path, tiny_smollm):
     path, cfg = make_config(tmp_path, str(tiny_smollm))
     steps = pipeline.run(cfg, stop="tokenizer")
     assert [(s.name, s.action) for s in steps] == [("corpus", "run"), ("tokenizer", "run")]
@@ -73,7 +73,7 @@ def test_replace_with_a_byte_level_base(tmp_path, tiny_smollm, flores):
     assert rows[1]["state"] == "done" and rows[1]["metrics"]["vocab_size"] == 2000
 
 
-def test_extend_a_sentencepiece_base_keeps_ids_and_english(tmp_path, tiny_mistral, flores):
+def test_extend_a_sentencepiece_base_keeps_ids_and_english(tmp_path, tiny_mistral, heldout):
     _, cfg = make_config(tmp_path, str(tiny_mistral), "tokenizer.mode=extend", "tokenizer.vocab_size=4000")
     pipeline.run(cfg, stop="tokenizer")
     out = tmp_path / "run" / "tokenizer"
@@ -82,7 +82,7 @@ def test_extend_a_sentencepiece_base_keeps_ids_and_english(tmp_path, tiny_mistra
     assert len(tok) > len(base)
     vocab, bvocab = tok.get_vocab(), base.get_vocab()
     assert all(vocab[p] == i for p, i in bvocab.items())
-    en = flores["en"][:200]
+    en = heldout["en"][:200]
     assert tok(en)["input_ids"] == base(en)["input_ids"]  # bos added like the base, same ids
     stats = json.loads((out / "stats.json").read_text())["pieces"]
     assert stats["base_kind"] == "sentencepiece" and stats["new"] == len(tok) - len(base)
@@ -91,13 +91,13 @@ def test_extend_a_sentencepiece_base_keeps_ids_and_english(tmp_path, tiny_mistra
     assert eq["lines_changed_vs_base"]["en"] == 0
 
 
-def test_extend_a_byte_level_base(tmp_path, tiny_smollm, flores):
+def test_extend_a_byte_level_base(tmp_path, tiny_smollm, heldout):
     _, cfg = make_config(tmp_path, str(tiny_smollm), "tokenizer.mode=extend", "tokenizer.max_new_tokens=300")
     pipeline.run(cfg, stop="tokenizer")
     tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "tokenizer" / "hf")
     base = AutoTokenizer.from_pretrained(tiny_smollm)
     assert len(tok) == len(base) + 300
-    en, ru = flores["en"][:200], flores["ru"][:200]
+    en, ru = heldout["en"][:200], heldout["ru"][:200]
     assert tok(en)["input_ids"] == base(en)["input_ids"]
     assert sum(map(len, tok(ru)["input_ids"])) < sum(map(len, base(ru)["input_ids"]))
 
@@ -170,15 +170,29 @@ def test_empty_and_non_utf8_inputs(tmp_path, capsys):
     assert "cp1251.txt: not valid UTF-8" in err and "line 1" in err
 
 
-def test_cli_tokenizer_report(tmp_path, capsys, shared, flores):
+def _cli_tokenizer_report(tmp_path, capsys, tokenizers: dict[str, Path], texts: dict[str, list[str]]) -> str:
+    """`vikhr tokenizer-report` on `name=folder` (or a bare folder when name is its folder name); the printed
+    table."""
     ru, en = tmp_path / "ru.txt", tmp_path / "en.txt"
-    ru.write_text("\n".join(flores["ru"][:50]), encoding="utf-8")
-    en.write_text("\n".join(flores["en"][:50]), encoding="utf-8")
-    toks = shared / "tokenizers"
-    args = ["tokenizer-report", f"mistral={toks / 'mistral-7b-v0.1'}", str(toks / "smollm2-135m")]
+    ru.write_text("\n".join(texts["ru"][:50]), encoding="utf-8")
+    en.write_text("\n".join(texts["en"][:50]), encoding="utf-8")
+    args = ["tokenizer-report"] + [str(p) if p.name == n else f"{n}={p}" for n, p in tokenizers.items()]
     assert main([*args, "--texts", f"ru={ru}", f"en={en}", "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
-    assert "| mistral |" in out and "| smollm2-135m |" in out
     assert (tmp_path / "rep" / "efficiency.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["tokenizer-report", str(tmp_path / "no-such-tokenizer"), "--out", str(tmp_path / "x")]) == 2
     assert "no-such-tokenizer" in capsys.readouterr().err
+    return out
+
+
+def test_cli_tokenizer_report(tmp_path, capsys, spm_tokenizer, bytelevel_tokenizer, heldout):
+    out = _cli_tokenizer_report(tmp_path, capsys, {"spm": spm_tokenizer, "hf": bytelevel_tokenizer}, heldout)
+    assert "| spm |" in out and "| hf |" in out  # the second one is named after its folder
+
+
+@pytest.mark.shared
+def test_cli_tokenizer_report_on_real_tokenizers(tmp_path, capsys, shared, flores):
+    toks = shared / "tokenizers"
+    tokenizers = {"mistral": toks / "mistral-7b-v0.1", "smollm2-135m": toks / "smollm2-135m"}
+    out = _cli_tokenizer_report(tmp_path, capsys, tokenizers, flores)
+    assert "| mistral |" in out and "| smollm2-135m |" in out

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vikhr import pipeline
@@ -16,16 +17,7 @@ from vikhr.transplant.mapping import build_token_map
 
 
 def make_config(tmp_path: Path, source_model: Path, *extra: str):
-    p = tmp_path / "exp.yaml"
-    p.write_text(
-        f"run_dir: run\nsource_model: {json.dumps(str(source_model))}\n"
-        "tokenizer:\n  vocab_size: 1500\n  sample_chars: 200000\n  report_lines: 20\n  report_tokenizers: []\n"
-        "transplant:\n  eval_lines: 4\n  calibration_tokens: 1024\n  calibration_seq_len: 64\n"
-        "  calibration_epochs: 2\n  prompts: ['Привет', 'Hello']\n"
-        "pretrain:\n  seq_len: 32\n  batch_size: 2\n  grad_accum: 1\n  max_steps: 2\n  max_documents: 4\n"
-        "  report_to: []\n",
-        encoding="utf-8",
-    )
+    p = tiny_run_config(tmp_path, source_model)
     return p, load_config(p, list(extra))
 
 

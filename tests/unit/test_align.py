@@ -128,30 +128,25 @@ def test_aligned_kl_equals_chunked_kl_on_gathered_head_rows():
     )
 
 
-# -------------------------------------------------------------------------------------------- real tokenizers
+# ------------------------------------------------------------------------------------ tokenizers built in tests
 
 
 @pytest.fixture(scope="module")
-def smollm(shared):
+def smollm(bytelevel_tokenizer):
+    """The SmolLM2-like byte-level tokenizer trained in the session."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(shared / "tokenizers" / "smollm2-135m")
+    return AutoTokenizer.from_pretrained(bytelevel_tokenizer)
 
 
 @pytest.fixture(scope="module")
-def extended(shared, smollm, ru_sample, tmp_path_factory):
-    """SmolLM2's tokenizer extended with ~300 merges learned on bundled Russian prose."""
+def extended(bytelevel_tokenizer, smollm, ru_sample, tmp_path_factory):
+    """The byte-level tokenizer extended with ~300 merges learned on bundled Russian prose."""
     from vikhr.tokenizer.build import extend_bytelevel
 
     out = tmp_path_factory.mktemp("ext") / "tok"
-    tok, info = extend_bytelevel(
-        shared / "tokenizers" / "smollm2-135m",
-        smollm,
-        ru_sample[:400],
-        out,
-        num_new=300,
-        keep_cyrillic_only=True,
-    )
+    tok, info = extend_bytelevel(bytelevel_tokenizer, smollm, ru_sample[:400], out, num_new=300,
+                                 keep_cyrillic_only=True)  # fmt: skip
     assert info["new"] > 100
     return tok
 
@@ -172,33 +167,34 @@ def test_shared_vocab_map_of_a_tokenizer_with_itself_is_the_identity(smollm):
     new_ids, base_ids = shared_vocab_map(smollm, smollm)
     assert torch.equal(new_ids, torch.arange(len(smollm))) and torch.equal(base_ids, new_ids)
     keys = token_keys(smollm)
-    assert keys[smollm.convert_tokens_to_ids("Ġworld")] == b" world"
+    assert keys[smollm.convert_tokens_to_ids("Ġthe")] == b" the"
     assert keys[smollm.eos_token_id] == smollm.eos_token  # special tokens by content
 
 
-def test_real_tokenizer_self_alignment_skips_only_character_pieces(smollm):
+def test_self_alignment_skips_only_byte_pieces_of_one_character(smollm):
     text = "Привет, мир 😀! Hello world."
     keys = token_keys(smollm)
     _, toks = encode_tokens(smollm, text, keys)
     pairs = aligned_positions(text, toks, toks, set(keys.values()))
     assert all(a == b for a, b in pairs)
     skipped = sorted(set(range(len(toks) - 1)) - {a for a, _ in pairs})
-    # SmolLM2 splits "П" and the emoji into byte pieces that carry their character's offsets: the positions
-    # predicting a piece whose span overlaps a neighbour's are the only ones left out
+    # the emoji (and any Cyrillic letter without a token of its own) is split into byte pieces that carry their
+    # character's offsets: the positions predicting a piece whose span overlaps a neighbour's are the only ones
+    # left out
     spans = [(s, e) for _, s, e in toks] + [(len(text), len(text))]
     overlapping = [
         t for t in range(len(toks) - 1) if spans[t + 1][0] < spans[t][1] or spans[t + 1][1] > spans[t + 2][0]
     ]
-    assert skipped == overlapping and len(skipped) == 3
+    assert skipped == overlapping and len(skipped) >= 3  # at least the emoji's last three bytes
 
 
 @pytest.mark.slow
-def test_extended_vocabulary_aligns_english_almost_everywhere(smollm, extended, flores):
+def test_extended_vocabulary_aligns_english_almost_everywhere(smollm, extended, heldout):
     new_ids, base_ids = shared_vocab_map(extended, smollm)
     assert len(new_ids) == len(smollm) and torch.equal(new_ids, base_ids)  # extend keeps every base id
     assert shared_keys(extended, smollm) == set(token_keys(smollm).values())
-    en = _share(extended, smollm, flores["en"][:50])
-    ru = _share(extended, smollm, flores["ru"][:50])
+    en = _share(extended, smollm, heldout["en"][:50])
+    ru = _share(extended, smollm, heldout["ru"][:50])
     assert en >= 0.95
     assert 0.2 < ru < en
 
@@ -209,20 +205,35 @@ def _prefix_bytes(tokens, upto: int, text: str) -> bytes:
     return data[1:] if data.startswith(b" ") and not text.startswith(" ") else data
 
 
-def test_cross_family_pairs_share_their_prefix(shared, smollm, flores):
-    """SentencePiece (▁, byte fallback, bos) against byte-level BPE: every aligned pair sees the same characters."""
-    from transformers import AutoTokenizer
-
-    mistral = AutoTokenizer.from_pretrained(shared / "tokenizers" / "mistral-7b-v0.1")
-    kn, kb = token_keys(mistral), token_keys(smollm)
+def _check_cross_family(spm_tok, bytelevel_tok, texts: list[str]) -> int:
+    """Every aligned pair sees the same characters and predicts a shared token on both sides; returns the pairs."""
+    kn, kb = token_keys(spm_tok), token_keys(bytelevel_tok)
     keys = set(kn.values()) & set(kb.values())
     total = 0
-    for text in flores["en"][:10] + flores["ru"][:10]:
-        _, tn = encode_tokens(mistral, text, kn, add_special_tokens=True)
-        _, tb = encode_tokens(smollm, text, kb)
+    for text in texts:
+        _, tn = encode_tokens(spm_tok, text, kn, add_special_tokens=True)
+        _, tb = encode_tokens(bytelevel_tok, text, kb)
         pairs = aligned_positions(text, tn, tb, keys)
         total += len(pairs)
         for t, u in pairs:
             assert _prefix_bytes(tn, t, text) == _prefix_bytes(tb, u, text), (text, t, u)
             assert tn[t + 1][0] in keys and tb[u + 1][0] in keys
-    assert total > 200
+    return total
+
+
+def test_cross_family_pairs_share_their_prefix(spm_tokenizer, smollm, heldout):
+    """SentencePiece (▁, byte fallback, bos) against byte-level BPE: every aligned pair sees the same characters."""
+    from transformers import AutoTokenizer
+
+    spm_tok = AutoTokenizer.from_pretrained(spm_tokenizer)
+    assert _check_cross_family(spm_tok, smollm, heldout["en"][:10] + heldout["ru"][:10]) > 200
+
+
+@pytest.mark.shared
+def test_cross_family_pairs_on_real_mistral_and_smollm2(shared, flores):
+    """The same on the real tokenizers (Mistral's shipped fast conversion, SmolLM2's 49k vocabulary) and FLORES."""
+    from transformers import AutoTokenizer
+
+    mistral = AutoTokenizer.from_pretrained(shared / "tokenizers" / "mistral-7b-v0.1")
+    smollm = AutoTokenizer.from_pretrained(shared / "tokenizers" / "smollm2-135m")
+    assert _check_cross_family(mistral, smollm, flores["en"][:10] + flores["ru"][:10]) > 200

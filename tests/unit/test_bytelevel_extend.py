@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from vikhr.paths import shared_data_dir
 from vikhr.tokenizer.bytelevel import (
     append_merges,
     bytes_to_unicode,
@@ -20,12 +19,6 @@ from vikhr.tokenizer.bytelevel import (
     script_filter,
     token_bytes,
 )
-
-DATA = shared_data_dir()
-needs_data = pytest.mark.skipif(
-    DATA is None or not (DATA / "tokenizers" / "smollm2-135m").is_dir(), reason="no shared data folder"
-)
-
 
 # ------------------------------------------------------------------------------------------- merge learning
 
@@ -123,7 +116,9 @@ def test_byte_alphabet_and_script_filter():
     assert token_bytes(as_bytelevel(" привет")) == " привет".encode()
     assert token_bytes("日") is None  # not a byte-level character
     cyr = script_filter("cyrillic")
-    assert cyr(as_bytelevel(" при")) and cyr(as_bytelevel("ё,")) and cyr(as_bytelevel("Ԁ"))
+    assert cyr(as_bytelevel(" при")) and cyr(as_bytelevel("ё,")) and cyr(as_bytelevel("ӿ"))
+    # lead byte 0xD4 also begins the Armenian capitals: not a Cyrillic-only byte (vikhr.scripts.UTF8_LEAD_BYTES)
+    assert not cyr(as_bytelevel("Ԁ")) and not cyr(as_bytelevel("Ա"))
     assert not cyr(as_bytelevel(" the")) and not cyr(as_bytelevel("é")) and not cyr(as_bytelevel("日本"))
     assert not cyr("日")
     anything = script_filter("any")
@@ -156,12 +151,12 @@ def test_is_bytelevel_bpe_and_append_merges_keep_the_format():
         append_merges(clash, [("a", "b")])
 
 
-# ---------------------------------------------------------------------------------------------- real bases
+# ----------------------------------------------------------------------------------------------- whole bases
 
 
-def ruslit_lines(n: int) -> list[str]:
+def ruslit_lines(root: Path, n: int) -> list[str]:
     lines: list[str] = []
-    for f in sorted((DATA / "ru" / "ruslit").glob("**/*.txt")):
+    for f in sorted((root / "ru" / "ruslit").glob("**/*.txt")):
         try:
             text = f.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -170,10 +165,6 @@ def ruslit_lines(n: int) -> list[str]:
         if len(lines) >= n:
             return lines[:n]
     return lines
-
-
-def flores(lang: str) -> list[str]:
-    return (DATA / "parallel" / f"flores200.devtest.{lang}").read_text(encoding="utf-8").splitlines()
 
 
 def chars_per_token(tok, lines: list[str]) -> float:
@@ -188,7 +179,9 @@ def load(path: Path):
     return AutoTokenizer.from_pretrained(path)
 
 
-def assert_extension_invariants(base_dir: Path, out_dir: Path, num_new: int, result) -> None:
+def assert_extension_invariants(
+    base_dir: Path, out_dir: Path, num_new: int, result, texts: dict[str, list[str]]
+) -> None:
     base, new = load(base_dir), load(out_dir)
     assert result.new_tokens == num_new and result.final_size == result.base_size + num_new == len(new)
     assert result.base_size == len(base)
@@ -198,7 +191,7 @@ def assert_extension_invariants(base_dir: Path, out_dir: Path, num_new: int, res
     added = sorted(i for t, i in new_vocab.items() if t not in base_vocab)
     assert added == list(range(len(base), len(base) + num_new))
 
-    en, ru = flores("eng_Latn"), flores("rus_Cyrl")
+    en, ru = texts["en"], texts["ru"]
     assert sum(a != b for a, b in zip(base(en)["input_ids"], new(en)["input_ids"], strict=True)) == 0
     assert chars_per_token(new, ru) > chars_per_token(base, ru)
     for line in ru[:200] + en[:200]:
@@ -215,44 +208,42 @@ def assert_extension_invariants(base_dir: Path, out_dir: Path, num_new: int, res
     assert (new.bos_token, new.eos_token, new.pad_token) == (base.bos_token, base.eos_token, base.pad_token)
 
 
-@pytest.fixture(scope="module")
-def ru_lines() -> list[str]:
-    return ruslit_lines(2000)
-
-
-@needs_data
-def test_extend_smollm2(tmp_path, ru_lines):
-    base_dir = DATA / "tokenizers" / "smollm2-135m"
-    result = extend_bytelevel_tokenizer(base_dir, ru_lines, 300, tmp_path / "tok")
-    assert_extension_invariants(base_dir, tmp_path / "tok", 300, result)
+def test_extend_a_smollm2_like_base(tmp_path, bytelevel_tokenizer, ru_sample, heldout):
+    result = extend_bytelevel_tokenizer(bytelevel_tokenizer, ru_sample[:2000], 300, tmp_path / "tok")
+    assert_extension_invariants(bytelevel_tokenizer, tmp_path / "tok", 300, result, heldout)
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
-    assert not list(tmp_path.glob(".*partial"))  # staging dir renamed away
+    assert not list(tmp_path.glob(".staging-*"))  # staging dir renamed away
     merges = json.loads((tmp_path / "tok" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
     assert isinstance(merges[-1], list)  # same merge format as the base
 
 
-@needs_data
-@pytest.mark.parametrize("name", ["llama-3", "qwen3"])
-def test_extend_llama3_and_qwen3(tmp_path, ru_lines, name):
-    base_dir = DATA / "tokenizers" / name
-    result = extend_bytelevel_tokenizer(base_dir, ru_lines[:500], 50, tmp_path / "tok")
-    assert_extension_invariants(base_dir, tmp_path / "tok", 50, result)
+@pytest.fixture(scope="module")
+def ru_lines(shared) -> list[str]:
+    return ruslit_lines(shared, 2000)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    "name, lines, num_new", [("smollm2-135m", 2000, 300), ("llama-3", 500, 50), ("qwen3", 500, 50)]
+)
+def test_extend_real_bases(tmp_path, shared, flores, ru_lines, name, lines, num_new):
+    """The real tokenizers' formats (SmolLM2's, Llama-3's and Qwen3's pre-tokenizers and merge lists) on FLORES."""
+    base_dir = shared / "tokenizers" / name
+    result = extend_bytelevel_tokenizer(base_dir, ru_lines[:lines], num_new, tmp_path / "tok")
+    assert_extension_invariants(base_dir, tmp_path / "tok", num_new, result, flores)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
 
 
-@needs_data
-def test_sentencepiece_base_is_refused_with_its_folder(tmp_path):
-    base_dir = DATA / "tokenizers" / "mistral-7b-v0.1"
-    with pytest.raises(ValueError, match="mistral-7b-v0.1.*not a byte-level BPE"):
-        extend_bytelevel_tokenizer(base_dir, ["привет мир"] * 10, 5, tmp_path / "tok")
+def test_sentencepiece_base_is_refused_with_its_folder(tmp_path, spm_tokenizer):
+    with pytest.raises(ValueError, match=f"{spm_tokenizer}.*not a byte-level BPE"):
+        extend_bytelevel_tokenizer(spm_tokenizer, ["привет мир"] * 10, 5, tmp_path / "tok")
     assert not (tmp_path / "tok").exists()
 
 
-@needs_data
-def test_empty_or_unusable_text_raises(tmp_path):
-    base_dir = DATA / "tokenizers" / "smollm2-135m"
+def test_empty_or_unusable_text_raises(tmp_path, bytelevel_tokenizer):
+    base_dir = bytelevel_tokenizer
     with pytest.raises(ValueError, match="no text"):
         extend_bytelevel_tokenizer(base_dir, [], 5, tmp_path / "a")
     with pytest.raises(ValueError, match="no text"):
@@ -266,9 +257,8 @@ def test_empty_or_unusable_text_raises(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-@needs_data
-def test_small_text_gives_fewer_tokens_and_out_dir_is_not_clobbered(tmp_path):
-    base_dir = DATA / "tokenizers" / "smollm2-135m"
+def test_small_text_gives_fewer_tokens_and_out_dir_is_not_clobbered(tmp_path, bytelevel_tokenizer):
+    base_dir = bytelevel_tokenizer
     result = extend_bytelevel_tokenizer(base_dir, ["Привет, мир! Привет, мир!"], 1000, tmp_path / "tok")
     assert 0 < result.new_tokens < 1000 and result.final_size == result.base_size + result.new_tokens
     with pytest.raises(FileExistsError):

@@ -121,6 +121,7 @@ def test_cp1251_file_with_and_without_fallback(tmp_path, caplog):
         ReadOptions(encoding_fallback="no-such-codec")
 
 
+@pytest.mark.shared
 def test_real_cp1251_file_decodes_with_fallback(shared):
     bad = shared / "ru" / "ruslit" / "poems" / "Pushkin" / "Руслан и Людмила.txt"
     paras, errs = records([("p", bad, bad.parent)], ReadOptions(encoding_fallback="cp1251"))

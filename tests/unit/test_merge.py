@@ -19,7 +19,7 @@ from vikhr.merge import (
     cosine,
     lerp,
     merge_models,
-    merge_state_dicts,
+    merge_tensor,
     slerp,
 )
 
@@ -79,39 +79,38 @@ def test_bf16_in_bf16_out():
     assert torch.allclose(out.float(), reference_slerp(a, b, 0.4), atol=0.05)
 
 
-def test_merge_state_dicts_shape_mismatch_names_tensor():
+def test_check_state_dicts_shape_mismatch_names_tensor():
     sd_a = {"w": torch.zeros(3), "model.embed_tokens.weight": torch.zeros(40, 4)}
     sd_b = {"w": torch.zeros(3), "model.embed_tokens.weight": torch.zeros(49, 4)}
     with pytest.raises(
         ValueError, match=r"model\.embed_tokens\.weight.*\(40, 4\).*\(49, 4\).*transplant/model"
     ):
-        merge_state_dicts(sd_a, sd_b)
+        check_state_dicts(sd_a, sd_b)
 
 
-def test_merge_state_dicts_int_buffers_and_ties():
+def test_int_buffers_are_copied_and_ties_must_match(tmp_path):
     emb_a, emb_b = torch.randn(5, 4), torch.randn(5, 4)
     sd_a = {"emb": emb_a, "head": emb_a, "steps": torch.tensor([3, 4])}
     sd_b = {"emb": emb_b, "head": emb_b, "steps": torch.tensor([3, 4])}
-    out = merge_state_dicts(sd_a, sd_b, "linear", 0.5)
-    assert out["head"] is out["emb"]
-    assert torch.allclose(out["emb"], (emb_a + emb_b) / 2)
-    assert torch.equal(out["steps"], sd_a["steps"]) and out["steps"].dtype == torch.int64
+    assert check_state_dicts(sd_a, sd_b) == {"head": "emb"}
+    steps, stats = merge_tensor(sd_a["steps"], sd_b["steps"], "linear", 0.5)
+    assert torch.equal(steps, sd_a["steps"]) and steps.dtype == torch.int64 and stats["copied"]
 
-    with pytest.raises(ValueError, match="steps"):
-        merge_state_dicts(sd_a, {**sd_b, "steps": torch.tensor([3, 5])})
+    with pytest.raises(ValueError, match="non-float tensors differ"):
+        merge_tensor(sd_a["steps"], torch.tensor([3, 5]), "linear", 0.5)
     with pytest.raises(ValueError, match="head is tied to emb in model A"):
         check_state_dicts(sd_a, {**sd_b, "head": emb_b.clone()})
     with pytest.raises(ValueError, match="unknown merge method"):
-        merge_state_dicts(sd_a, sd_b, "ties", 0.5)
+        merge_models("a", "b", tmp_path / "out", "ties", 0.5)
 
 
 # --- whole model folders -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def pair(shared, tmp_path_factory) -> tuple[Path, Path]:
-    """Two tiny tied Llama folders with the SmolLM2 tokenizer and different random weights."""
-    tok = shared / "tokenizers" / "smollm2-135m"
+def pair(bytelevel_tokenizer, tmp_path_factory) -> tuple[Path, Path]:
+    """Two tiny tied Llama folders with the SmolLM2-like tokenizer and different random weights."""
+    tok = bytelevel_tokenizer
     torch.manual_seed(0)
     a = make_model_folder(tmp_path_factory.mktemp("merge-a"), tok)
     torch.manual_seed(1)
@@ -159,15 +158,18 @@ def test_merge_t0_reproduces_model_a_exactly(pair, tmp_path):
         assert torch.equal(merged[name], tensor), name
 
 
-def test_merge_rejects_tied_vs_untied_and_other_vocab(pair, shared, tmp_path):
+def test_merge_rejects_tied_vs_untied_and_other_vocab(pair, bytelevel_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
     a, _ = pair
-    tok = shared / "tokenizers" / "smollm2-135m"
+    tok = bytelevel_tokenizer
+    n = len(AutoTokenizer.from_pretrained(tok))
     untied = make_model_folder(tmp_path / "untied", tok, tie=False)
     with pytest.raises(ValueError, match="tied and an untied model"):
         merge_models(str(a), str(untied), tmp_path / "out1")
     bigger = make_model_folder(tmp_path / "bigger", tok, tie=True, extra_vocab=64)
     with pytest.raises(
-        ValueError, match=r"vocab_size is 49152 in model A but 49216 in model B.*transplant/model"
+        ValueError, match=rf"vocab_size is {n} in model A but {n + 64} in model B.*transplant/model"
     ):
         merge_models(str(a), str(bigger), tmp_path / "out2")
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()

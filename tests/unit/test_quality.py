@@ -6,10 +6,10 @@ import gzip
 import json
 import pickle
 import random
-import time
 
 import numpy as np
 import pytest
+from conftest import tiny_encoder
 from sklearn.metrics import roc_auc_score
 
 from vikhr.corpus.quality import (
@@ -209,7 +209,7 @@ def test_linear_classifier_learns_and_round_trips(linear_folder, dataset):
     assert m["n_train"] + m["n_test"] == 300 and m["counts"] == {"good": 150, "bad": 150}
     meta = json.loads((out / "classifier.json").read_text())
     assert meta["kind"] == "linear" and meta["metrics"] == m and "scikit-learn" in meta["versions"]
-    assert not list(out.parent.glob(".classifier.tmp-*"))  # the staging folder was renamed
+    assert not list(out.parent.glob(".staging-*"))  # the staging folder was renamed
     texts, _ = dataset
     clf = load_classifier(out)
     p = clf.predict_proba_good(texts[:50])
@@ -235,35 +235,12 @@ def test_train_classifier_refuses_bad_input(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def tiny_encoder(folder, texts: list[str]):
-    """A tiny random BERT and a WordPiece tokenizer trained on `texts`, saved like a hub encoder."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials))
-    tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
-                                                   ("[CLS]", tok.token_to_id("[CLS]")))  # fmt: skip
-    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=256)  # fmt: skip
-    fast.save_pretrained(folder)
-    cfg = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=256)  # fmt: skip
-    BertModel(cfg).save_pretrained(folder)
-    return folder
-
-
 def test_encoder_classifier_trains_saves_and_loads(dataset, tmp_path):
     texts, labels = dataset
     texts, labels = texts[:80], labels[:80]
     enc = tiny_encoder(tmp_path / "encoder", texts)
-    t0 = time.perf_counter()
     m = train_classifier(texts, labels, tmp_path / "clf", kind="encoder", encoder=str(enc), seed=0, epochs=1,
                          batch_size=16, lr=1e-3)  # fmt: skip
-    assert time.perf_counter() - t0 < 30
     assert m["kind"] == "encoder" and m["n_train"] + m["n_test"] == 80 and m["epochs"] == 1
     assert 0 <= m["accuracy"] <= 1 and m["roc_auc"] is not None
     assert (tmp_path / "clf" / "config.json").is_file() and (tmp_path / "clf" / "classifier.json").is_file()

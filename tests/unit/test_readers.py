@@ -43,6 +43,7 @@ def test_non_utf8_is_skipped_with_a_record_or_an_error(tmp_path):
         list(iter_documents([bad], on_decode_error="error"))
 
 
+@pytest.mark.shared
 def test_real_non_utf8_file_in_ruslit(shared):
     bad = shared / "ru" / "ruslit" / "poems" / "Pushkin" / "Руслан и Людмила.txt"
     rep = ReadReport()

@@ -1,4 +1,5 @@
-"""Tokenizer efficiency report: exact measures on a tiny tokenizer, readable pieces, real tokenizers on FLORES."""
+"""Tokenizer efficiency report: exact measures on a tiny tokenizer, readable pieces (on tokenizers trained in the
+session, and on the real ones), real tokenizers on FLORES."""
 
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ def test_load_tokenizer_keeps_tokenizer_json_pipeline(tmp_path):
     assert load_tokenizer(tmp_path / "tokenizer.json")("cc .")["input_ids"] == [3, 4]
 
 
+@pytest.mark.shared
 def test_load_tokenizer_gpt4o_keeps_o200k_regex():
     # AutoTokenizer picks GPT2Tokenizer for this folder, which swaps o200k's split regex for GPT-2's.
     path = shared_tokenizer("gpt-4o")
@@ -105,6 +107,23 @@ def test_load_tokenizer_gpt4o_keeps_o200k_regex():
     assert measure(tok, lines)["tokens"] == expected
 
 
+def test_split_example_reconstructs_on_tokenizers_trained_here(bytelevel_tokenizer, spm_tokenizer):
+    """SentencePiece pieces keep `▁` and byte-fallback names; byte-level pieces show a split character as its
+    bytes, never as a replacement character or mojibake; both join back to the text."""
+    spm_tok, byte_tok = load_tokenizer(spm_tokenizer), load_tokenizer(bytelevel_tokenizer)
+    pieces = split_example(spm_tok, SENTENCE)
+    assert pieces[0].startswith("▁") and join_pieces(pieces) == " " + SENTENCE
+    rare = split_example(spm_tok, "мир ꙮ")  # a character the tokenizer never saw: byte fallback
+    assert rare[-3:] == ["<0xEA>", "<0x99>", "<0xAE>"] and join_pieces(rare) == " мир ꙮ"
+    text = SENTENCE + " 😀"
+    pieces = split_example(byte_tok, text)
+    assert len(pieces) == len(byte_tok(text, add_special_tokens=False)["input_ids"])
+    assert "<0xF0>" in pieces  # the emoji's first byte: no 2k vocabulary has the emoji as one token
+    assert join_pieces(pieces) == text
+    assert not any("\ufffd" in p or "Ð" in p for p in pieces)
+
+
+@pytest.mark.shared
 def test_split_example_sentencepiece_reconstructs():
     tok = load_tokenizer(shared_tokenizer("mistral-7b-v0.1"))
     pieces = split_example(tok, SENTENCE)
@@ -116,6 +135,7 @@ def test_split_example_sentencepiece_reconstructs():
     assert join_pieces(rare) == " мир ꙮ"
 
 
+@pytest.mark.shared
 def test_split_example_byte_level_reconstructs():
     tok = load_tokenizer(shared_tokenizer("smollm2-135m"))
     pieces = split_example(tok, SENTENCE)
@@ -127,6 +147,7 @@ def test_split_example_byte_level_reconstructs():
     assert not any("\ufffd" in p or "Ð" in p for p in pieces)
 
 
+@pytest.mark.shared
 def test_report_on_real_tokenizers(tmp_path):
     tokenizers = {name: shared_tokenizer(name) for name in ("smollm2-135m", "mistral-7b-v0.1")}
     texts = {lang: lines[:50] for lang, lines in default_texts().items()}
