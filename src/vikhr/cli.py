@@ -14,7 +14,9 @@ log = get_logger("vikhr.cli")
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "-c", "--config", default="demo",
+        "-c",
+        "--config",
+        default="demo",
         help="experiment YAML, or a shipped config by name (demo, mistral-7b-ru); default: demo, the embedded "
         "default (SmolLM2-135M-Instruct -> Russian on the bundled text, on a CPU)",
     )
@@ -172,7 +174,9 @@ def _add_bench_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="free generation: seed of the first text")
     p.add_argument("--texts", help="sentences to use instead of FLORES, one per line")
     p.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
         help="weights dtype (auto: vikhr.precision's choice for the device: bf16 only where it is native)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

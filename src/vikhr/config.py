@@ -118,7 +118,8 @@ class TransplantConfig:
     seed: int = 0
     """Seed for random init methods and calibration."""
     calibration_tokens: int = 40_000
-    """`calibrated`: tokens of target-language text (from `data.target`) to fit the new rows on."""
+    """`calibrated`: tokens of target-language text to fit the new rows on (the corpus stage's output when it ran in
+    this run directory, else `data.target`: the text the tokenizer was trained on)."""
     calibration_epochs: int = 4
     """`calibrated`: passes over those tokens at most (the epoch with the lowest held-out loss is kept)."""
     calibration_lr: float = 1e-3
@@ -367,7 +368,8 @@ class PretrainConfig:
     freeze_steps: int = 0
     """Steps of the `body` warm-up; 0: a tenth of the run."""
     bf16: Literal["auto", "true", "false"] = "auto"
-    """Mixed precision: `auto` uses bf16 on a GPU that supports it, float32 on CPU."""
+    """Mixed precision: `auto` asks `vikhr.precision` (bf16 on a GPU that supports it or a CPU with native bf16,
+    float32 elsewhere)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
     attn_implementation: str = "sdpa"
@@ -541,9 +543,15 @@ def find_config(spec: str | Path) -> tuple[Path, Path]:
     if path.is_file():
         return path.resolve(), path.resolve().parent
     name = str(spec)
-    if "/" not in name and "\\" not in name and (SHIPPED_CONFIGS / f"{name.removesuffix('.yaml')}.yaml").is_file():
+    if (
+        "/" not in name
+        and "\\" not in name
+        and (SHIPPED_CONFIGS / f"{name.removesuffix('.yaml')}.yaml").is_file()
+    ):
         return (SHIPPED_CONFIGS / f"{name.removesuffix('.yaml')}.yaml"), Path.cwd()
-    raise ConfigError(f"config file not found: {spec} (shipped configs by name: {', '.join(shipped_configs())})")
+    raise ConfigError(
+        f"config file not found: {spec} (shipped configs by name: {', '.join(shipped_configs())})"
+    )
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

@@ -57,7 +57,9 @@ def compute_dtype(device: str | torch.device = "cpu") -> torch.dtype:
         return _NAMES[forced]
     dev = torch.device(device)
     cuda_bf16 = dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return choose_dtype(dev.type, cuda_bf16=cuda_bf16, cpu_native_bf16=dev.type == "cpu" and cpu_native_bf16())
+    return choose_dtype(
+        dev.type, cuda_bf16=cuda_bf16, cpu_native_bf16=dev.type == "cpu" and cpu_native_bf16()
+    )
 
 
 def dtype_name(dtype: torch.dtype) -> str:

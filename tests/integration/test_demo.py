@@ -22,9 +22,7 @@ def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
         "pretrain.save_steps=2",
         "pretrain.logging_steps=1",
     ]
-    cfg = load_config(
-        "demo", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20", *short]
-    )
+    cfg = load_config("demo", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20", *short])
     assert [s.action for s in pipeline.run(cfg)] == ["run", "run", "run", "run"]
     c = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["corpus"]["metrics"]
     assert c["input_paragraphs"] > 9000 and 0.9 < c["kept_paragraphs"] / c["input_paragraphs"] < 1

@@ -108,7 +108,9 @@ def test_bad_inputs(tmp_path, tiny_smollm, capsys):
         pretrain.run(cfg, rundir)
     # an empty corpus
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
-    cfg, rundir = make_run(tmp_path, tiny_smollm, f"pretrain.data=[{tmp_path / 'empty.txt'}]", name="empty-data")
+    cfg, rundir = make_run(
+        tmp_path, tiny_smollm, f"pretrain.data=[{tmp_path / 'empty.txt'}]", name="empty-data"
+    )
     with pytest.raises(ValueError, match="no text in pretrain.data"):
         pretrain.run(cfg, rundir)
     # a tokenizer larger than the model's embedding

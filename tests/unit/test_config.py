@@ -92,6 +92,8 @@ def test_shipped_configs_load_by_name_with_paths_from_the_working_directory(tmp_
     copy = tmp_path / "mine" / "exp.yaml"
     copy.parent.mkdir()
     copy.write_text((SHIPPED_CONFIGS / "demo.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    assert resolve_path(load_config(copy), "runs/demo") == copy.parent / "runs" / "demo"  # a copy: its own folder
+    assert (
+        resolve_path(load_config(copy), "runs/demo") == copy.parent / "runs" / "demo"
+    )  # a copy: its own folder
     with pytest.raises(ConfigError, match="shipped configs by name: demo, mistral-7b-ru"):
         load_config("no-such-config")

@@ -32,7 +32,6 @@ BYTE = sp_pb2.ModelProto.SentencePiece.BYTE
 UNUSED = sp_pb2.ModelProto.SentencePiece.UNUSED
 
 
-
 class TokenizerTrainingError(ValueError):
     """The training text or the requested vocabulary cannot give a valid tokenizer."""
 
