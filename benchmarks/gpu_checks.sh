@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of continued pre-training, as one prepared script for a lent GPU machine (about 10 minutes):
 #   1. benchmarks/pretrain_throughput.py: plain HF vs KLTrainer, CE and CE+KL, 1.1B Mistral shape, MFU;
-#   2. tests/gpu: the pretrain stage under the ddp / fsdp / zero2 / zero3 launchers (one process each).
+#   2. tests/gpu: the pretrain stage under the ddp / fsdp / zero2 / zero3 launchers (one process each), and the
+#      packed log-likelihood scorer of `vikhr eval` on CUDA (fp32 and bf16) against one row per choice.
 # Results: benchmarks/results/pretrain_throughput_<card>.json and, when $OUT is set (the device tool), copies there.
 set -uo pipefail
 cd "$(dirname "$0")/.."

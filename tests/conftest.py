@@ -181,6 +181,7 @@ TINY_RUN: dict = {
                    "prompts": ["Привет", "Hello"]},
     "pretrain": {"seq_len": 32, "batch_size": 2, "grad_accum": 1, "max_steps": 2, "max_documents": 4,
                  "report_to": []},
+    "evaluate": {"tasks": ["parus"], "limit": 4, "text_lines": 4, "prompts": "", "speed": False},
 }  # fmt: skip
 """Settings of a whole pipeline run on a tiny model that takes seconds per stage."""
 

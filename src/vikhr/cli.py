@@ -11,6 +11,9 @@ from vikhr.log import get_logger, setup_logging
 
 log = get_logger("vikhr.cli")
 
+EVAL_SUBCOMMANDS = ("tasks", "translate", "sbs")
+"""`vikhr eval SUB ...` is `vikhr eval-SUB ...` (argparse cannot mix a subcommand with `eval MODEL...`)."""
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -123,17 +126,10 @@ def cmd_tokenizer_report(args) -> int:
 
 def cmd_bench_generate(args) -> int:
     from vikhr.eval.speed import compare, flores_texts, markdown_tables
-    from vikhr.models import resolve_model
+    from vikhr.models import named_models, resolve_model
 
     setup_logging("INFO")
-    models: dict[str, str] = {}
-    for spec in args.model:
-        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).name or spec, "", spec)
-        if not name or not path:
-            raise ValueError(f"--model expects NAME=PATH_OR_ALIAS or PATH_OR_ALIAS, got {spec!r}")
-        if name in models:
-            raise ValueError(f"--model: the name {name!r} is given twice")
-        models[name] = resolve_model(path)
+    models = {name: resolve_model(path) for name, path in named_models(args.model, "--model").items()}
     texts = flores_texts(args.prompts, args.chars, source=args.texts)
     result = compare(
         models, texts, repeats=args.repeats, warmup=args.warmup, free=args.free, seed=args.seed,
@@ -147,6 +143,130 @@ def cmd_bench_generate(args) -> int:
         log.info("results written to %s", out)
     sys.stdout.write(markdown_tables(result))
     return 0
+
+
+def cmd_eval(args) -> int:
+    """`vikhr eval MODEL... --tasks ...`: tasks, text, prompts and speed for any model folders, one report."""
+    from vikhr.eval.harness import EvalSettings, run_evaluation, task_text
+    from vikhr.eval.report import markdown
+    from vikhr.models import named_models
+
+    setup_logging("INFO")
+    models = named_models(args.models, "MODEL")
+    text = {}
+    for spec in args.text or []:
+        lang, _, path = spec.partition("=")
+        if path.startswith("task:"):
+            text[lang] = task_text(path.removeprefix("task:"), args.text_lines)
+            continue
+        if not path or not Path(path).is_file():
+            raise SystemExit(f"--text expects LANG=FILE (an existing file) or LANG=task:TASK, got {spec!r}")
+        lines = [x for x in Path(path).read_text(encoding="utf-8").split("\n") if x.strip()]
+        text[lang] = lines[: args.text_lines] if args.text_lines else lines
+    prompts: list[str] = []
+    if args.prompts:
+        from vikhr.eval.sbs import bundled_prompts, read_prompts
+
+        prompts = bundled_prompts() if args.prompts == "bundled" else read_prompts(args.prompts)
+    tasks = [t for spec in args.tasks or [] for t in spec.split(",") if t]
+    settings = EvalSettings(
+        tasks=tasks, limit=args.limit, batch_size=args.batch_size, dtype=args.dtype, device=args.device or "",
+        max_length=args.max_length, chat=args.chat, text=text, prompts=prompts[: args.max_prompts or None],
+        max_new_tokens=args.max_new_tokens, seed=args.seed, language=args.language, speed=args.speed,
+    )  # fmt: skip
+    report = run_evaluation(models, settings, Path(args.out))
+    sys.stdout.write(markdown(report))
+    sys.stdout.write(f"\nreport: {Path(args.out) / 'report.md'}\n")
+    return 0
+
+
+def cmd_eval_tasks(args) -> int:
+    """`vikhr eval tasks [--export DIR]`: the shipped tasks, or lm-eval-ready copies of them."""
+    from vikhr.eval.tasks import export_tasks, load_task, shipped_tasks
+
+    setup_logging("INFO")
+    if args.export:
+        names = args.names or list(shipped_tasks())
+        for path in export_tasks(names, Path(args.export)):
+            sys.stdout.write(f"{path}\n")
+        sys.stdout.write(f"run them in lm-eval with --include_path {args.export}\n")
+        return 0
+    for name, path in shipped_tasks().items():
+        task = load_task(path)
+        sys.stdout.write(f"{name:<12} {task.output_type:<16} {','.join(task.metrics):<24} {path}\n")
+    return 0
+
+
+def _add_eval_commands(sub) -> None:
+    """`vikhr eval MODEL...`, `vikhr eval tasks`, `vikhr eval translate`, `vikhr eval sbs`."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate model folders: lm-eval-format tasks, bits per char, side-by-side answers, purity, speed "
+        "(also: vikhr eval tasks | translate | sbs)",
+        description="Evaluate model folders the same way: lm-eval task YAML (same per-item predictions as lm-eval "
+        "0.4.13), bits per char / byte, answers to prompts side by side with language purity, speed; one report "
+        "(report.json / .md / .png, samples/). Subcommands: `vikhr eval tasks [--export DIR]`, `vikhr eval "
+        "translate IN --out DIR`, `vikhr eval sbs NAME=MODEL ...` (each has --help).",
+    )
+    p.add_argument("models", nargs="+", help="model folders or aliases, optionally NAME=PATH")
+    p.add_argument(
+        "--tasks", action="append",
+        help="comma-separated shipped task names (vikhr eval tasks) or lm-eval task YAML files (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--limit", type=int, default=0, help="first N items of each task (0: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="items per forward pass")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--max-length", type=int, default=0, help="context length (0: the model's)")
+    p.add_argument(
+        "--text",
+        nargs="*",
+        help="LANG=FILE (one text per line) or LANG=task:TASK (each item's prompt + gold answer): bits per char / "
+        "byte and perplexity",
+    )
+    p.add_argument("--text-lines", type=int, default=0, help="first N lines of each --text file (0: all)")
+    p.add_argument(
+        "--prompts", default="", help="a file of prompts (one per line) or `bundled`: side by side"
+    )
+    p.add_argument("--max-prompts", type=int, default=0, help="first N prompts (0: all)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="prompts through the chat template (default: when the model has one)")  # fmt: skip
+    p.add_argument("--language", default="ru", help="language of the prompts, for purity")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=False,
+                   help="also measure forced-decoding speed (chars/s)")  # fmt: skip
+    p.add_argument("--out", default="eval-report", help="output folder")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "eval-tasks",
+        prog="vikhr eval tasks",
+        help="same as `vikhr eval tasks`: list the shipped tasks or export them",
+    )
+    p.add_argument("names", nargs="*", help="tasks to export (default: all shipped)")
+    p.add_argument("--export", help="write lm-eval-ready copies (absolute data paths) into this folder")
+    p.set_defaults(func=cmd_eval_tasks)
+
+    from vikhr.eval.translate import add_translate_arguments, cmd_translate
+
+    p = sub.add_parser(
+        "eval-translate",
+        prog="vikhr eval translate",
+        help="same as `vikhr eval translate`: an English multiple-choice set -> a Russian task",
+    )
+    add_translate_arguments(p)
+    p.set_defaults(func=cmd_translate)
+
+    from vikhr.eval.sbs import add_sbs_arguments, cmd_sbs
+
+    p = sub.add_parser(
+        "eval-sbs",
+        prog="vikhr eval sbs",
+        help="same as `vikhr eval sbs`: answers of several models side by side",
+    )
+    add_sbs_arguments(p)
+    p.set_defaults(func=cmd_sbs)
 
 
 def _add_bench_commands(sub) -> None:
@@ -244,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tokenizer-report", help="output folder")
     p.set_defaults(func=cmd_tokenizer_report)
     _add_bench_commands(sub)
+    _add_eval_commands(sub)
 
     from vikhr.serve.commands import add_commands
 
@@ -259,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["corpus", "annotate"]:
         argv = ["corpus-annotate", *argv[2:]]
+    if argv[:1] == ["eval"] and argv[1:2] and argv[1] in EVAL_SUBCOMMANDS:
+        argv = [f"eval-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)
     from vikhr.config import ConfigError
     from vikhr.corpus.readers import InputError

@@ -399,6 +399,51 @@ class PretrainConfig:
         )  # fmt: skip
 
 
+EVAL_MODELS = ("source", "transplant", "pretrain")
+"""The run's models the `evaluate` stage can compare, in pipeline order."""
+
+
+@dataclass
+class EvaluateConfig:
+    """`evaluate` stage: the run's models on lm-eval-format tasks, held-out text, and answers to prompts (vikhr.eval)."""
+
+    models: list[str] = field(default_factory=lambda: list(EVAL_MODELS))
+    """Which of the run's models to evaluate: source, transplant (the transplanted model), pretrain."""
+    tasks: list[str] = field(default_factory=lambda: ["rcb", "parus", "mmlu_pro"])
+    """Shipped task names (`vikhr eval --list-tasks`) or lm-eval task YAML files."""
+    limit: int = 0
+    """First N items of each task (0: all)."""
+    batch_size: int = 8
+    """Items per forward pass."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights and compute dtype (auto: vikhr.precision's choice: bf16 only where it is native)."""
+    max_length: int = 0
+    """Context length of log-likelihood requests (0: the model's); longer items are cut from the left and counted."""
+    text: dict[str, str] = field(default_factory=dict)
+    """Held-out text per language for bits per char ({ru: file, en: file}); empty: `transplant.eval_texts`, else
+    FLORES devtest from the shared data folder, else the bundled held-out text."""
+    text_lines: int = 200
+    """Lines per language scored (0: all)."""
+    prompts: str = "bundled"
+    """Prompts answered by every model (side-by-side, language purity): a file with one per line, `bundled` for the
+    shipped Russian everyday questions, or empty for none."""
+    max_prompts: int = 0
+    """Use only the first N prompts (0: all)."""
+    max_new_tokens: int = 128
+    """Longest answer to a prompt, in tokens."""
+    speed: bool = True
+    """Measure forced-decoding speed (chars/s) of each model on Russian text."""
+    seed: int = 0
+    """Seed of sampled answers (answers are greedy unless a task asks to sample)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, limit=">= 0", batch_size="> 0", max_length=">= 0", text_lines=">= 0",
+                     max_prompts=">= 0", max_new_tokens="> 0")  # fmt: skip
+        for m in self.models:
+            if m not in EVAL_MODELS:
+                raise ConfigError(f"evaluate.models: unknown model {m!r} (use {', '.join(EVAL_MODELS)})")
+
+
 @dataclass
 class Config:
     """One experiment: where to run, which base model, and each stage's settings."""
@@ -417,6 +462,7 @@ class Config:
     transplant: TransplantConfig = field(default_factory=TransplantConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     config_path: str = field(default="", metadata={"internal": True})
     """Where the config was read from (set by the loader)."""

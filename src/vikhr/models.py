@@ -91,6 +91,22 @@ ALIASES: dict[str, Callable[[Path], Path]] = {"smollm2-135m-instruct": import_sm
 """Short names that resolve to a folder imported once into `<cache>/models/<alias>` by the given importer."""
 
 
+def named_models(specs: list[str], flag: str = "MODEL") -> dict[str, str]:
+    """Command-line model specs `NAME=PATH_OR_ALIAS` or `PATH_OR_ALIAS` (named after the folder) -> {name: spec};
+    a name given twice is an error naming `flag`."""
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, _, path = (
+            spec.partition("=") if "=" in spec else (Path(spec.rstrip("/")).name or spec, "", spec)
+        )
+        if not name or not path:
+            raise ValueError(f"{flag} expects NAME=PATH_OR_ALIAS or PATH_OR_ALIAS, got {spec!r}")
+        if name in models:
+            raise ValueError(f"{flag}: the model name {name!r} is given twice; name them NAME=PATH")
+        models[name] = path
+    return models
+
+
 def resolve_model(source: str, *, cache: Path | None = None) -> str:
     """Turn `source_model` from a config into a local folder path or a hub id that `from_pretrained` opens.
 

@@ -23,7 +23,7 @@ def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
         "pretrain.logging_steps=1",
     ]
     cfg = load_config("demo", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20", *short])
-    assert [s.action for s in pipeline.run(cfg)] == ["run", "run", "run", "run"]
+    assert [s.action for s in pipeline.run(cfg, stop="pretrain")] == ["run", "run", "run", "run"]
     c = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["corpus"]["metrics"]
     assert c["input_paragraphs"] > 9000 and 0.9 < c["kept_paragraphs"] / c["input_paragraphs"] < 1
     assert c["dropped_exact_duplicate"] > 0
@@ -44,4 +44,16 @@ def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
     assert p["steps"] == 2 and set(p["bits_per_char"]) == {"transplanted", "trained"}
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "pretrain" / "model")
     assert trained.config.vocab_size == 32000 and trained.config.use_cache
-    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip", "skip"]
+    assert [s.action for s in pipeline.run(cfg, stop="pretrain")] == ["skip", "skip", "skip", "skip"]
+    # the evaluate stage on the three real models, shortened: every task, text, a prompt, the manifest's headline
+    short_eval = ["evaluate.limit=4", "evaluate.text_lines=4", "evaluate.max_prompts=1",
+                  "evaluate.max_new_tokens=8", "evaluate.speed=false"]  # fmt: skip
+    cfg = load_config(
+        "demo", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20", *short, *short_eval]
+    )
+    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip", "skip", "run"]
+    e = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["evaluate"]["metrics"]
+    assert set(e) == {"source", "transplant", "pretrain"}
+    for row in e.values():
+        assert {"rcb/acc", "parus/acc", "mmlu_pro/acc", "bpc/ru", "latin_share"} <= set(row)
+    assert (tmp_path / "run" / "evaluate" / "sbs" / "sbs.html").is_file()

@@ -62,10 +62,15 @@ def test_transplant_stage_end_to_end(tmp_path, tiny_smollm):
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["transplant"]["metrics"]
     assert m["timings"]["transplant_s"] < 60
     # unchanged: all skip; a transplant setting changes: only transplant reruns
-    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip", "run"]  # pretrain had not run
-    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip", "skip"]
+    assert [s.action for s in pipeline.run(cfg, stop="pretrain")] == [
+        "skip",
+        "skip",
+        "skip",
+        "run",
+    ]  # not run yet
+    assert [s.action for s in pipeline.run(cfg, stop="pretrain")] == ["skip", "skip", "skip", "skip"]
     cfg2 = load_config(tmp_path / "exp.yaml", ["transplant.method=mean"])
-    assert [s.action for s in pipeline.run(cfg2)] == ["skip", "skip", "run", "run"]
+    assert [s.action for s in pipeline.run(cfg2, stop="pretrain")] == ["skip", "skip", "run", "run"]
     assert json.loads((out / "transplant_report.json").read_text())["calibration"] is None
 
 

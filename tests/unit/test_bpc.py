@@ -182,7 +182,12 @@ def test_counts_and_blank_lines_skipped(model, tok):
     assert (r.lines, r.tokens, r.chars) == (2, 5, 8 + 7)
     assert r.tokens_per_char == pytest.approx(5 / 15)
     assert r.as_dict()["chars"] == 15
-    assert set(r.as_dict()) == {"bits_per_char", "nll_bits", "chars", "tokens", "lines", "tokens_per_char"}
+    assert set(r.as_dict()) == {
+        "bits_per_char", "nll_bits", "chars", "tokens", "lines", "tokens_per_char", "bytes", "bits_per_byte",
+        "perplexity",
+    }  # fmt: skip
+    assert r.bytes == 15 and r.bits_per_byte == pytest.approx(r.nll_bits / 15)  # ASCII: one byte per char
+    assert r.perplexity == pytest.approx(2 ** (r.nll_bits / r.tokens))
 
 
 def test_only_blank_lines_is_an_error(model, tok):

@@ -61,6 +61,13 @@ class BpcResult:
     """Non-empty lines scored."""
     tokens_per_char: float
     """`tokens / chars`: how finely the tokenizer splits this text."""
+    bytes: int = 0
+    """UTF-8 bytes of the characters scored."""
+    bits_per_byte: float = 0.0
+    """`nll_bits / bytes`: vocabulary-invariant like bits per character, comparable across scripts' encodings."""
+    perplexity: float = 0.0
+    """Token-level perplexity `exp(nats / tokens)`: depends on the tokenizer, so compare it only between models
+    that share one; bits per character / byte are the fair comparison across vocabularies."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +77,7 @@ class BpcResult:
 class _Encoded:
     ids: list[int]  # start token first
     chars: int
+    nbytes: int
 
 
 def _encode_lines(tokenizer, lines: Sequence[str], max_tokens: int) -> list[_Encoded]:
@@ -96,7 +104,7 @@ def _encode_lines(tokenizer, lines: Sequence[str], max_tokens: int) -> list[_Enc
             truncated += 1
             ids = ids[: max_tokens - 1]
             chars = _chars_covered(tokenizer, line, ids)
-        out.append(_Encoded([start, *ids], chars))
+        out.append(_Encoded([start, *ids], chars, len(line[:chars].encode("utf-8"))))
     if truncated:
         logger.warning(
             "%d of %d lines are longer than max_tokens=%d and were truncated; only their kept prefix is scored",
@@ -167,6 +175,7 @@ def bits_per_char(
     finally:
         model.train(was_training)
     chars = sum(s.chars for s in seqs)
+    nbytes = sum(s.nbytes for s in seqs)
     tokens = sum(len(s.ids) - 1 for s in seqs)
     bits = float(nats) / math.log(2)
     return BpcResult(
@@ -176,6 +185,9 @@ def bits_per_char(
         tokens=tokens,
         lines=len(seqs),
         tokens_per_char=tokens / chars,
+        bytes=nbytes,
+        bits_per_byte=bits / nbytes,
+        perplexity=math.exp(float(nats) / tokens),
     )
 
 
