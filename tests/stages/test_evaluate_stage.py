@@ -64,7 +64,7 @@ def test_run_evaluation_writes_report_and_samples(tiny_smollm, tiny_mistral, tmp
         nli = tasks["tiny_nli"]
         assert nli["items"] == 3 and nli["skipped"] == 1  # counted, not silent
         assert set(nli["metrics"]) == {"acc", "acc_norm", "acc_bytes"}
-        assert nli["chance"] == pytest.approx(0.5)
+        assert nli["chance"] == pytest.approx(0.5) and nli["majority"] == pytest.approx(2 / 3)
         assert tasks["parus"]["items"] == 6
         rows = [json.loads(x) for x in (out / "samples" / name / "tiny_nli.jsonl").read_text().splitlines()]
         assert len(rows) == 4 and sum("skipped" in r for r in rows) == 1
@@ -194,3 +194,9 @@ def test_cli_eval_tasks_text_and_prompts(tiny_smollm, tmp_path, capsys):
     assert main(["eval", "tasks", "--export", str(tmp_path / "exported"), "parus"]) == 0
     assert (tmp_path / "exported" / "parus.yaml").is_file()
     assert main(["eval", "bad", "--tasks", "no_such_task"]) == 2
+
+
+def test_interval_contains_the_value_at_the_edges():
+    for correct in ([1.0] * 3, [0.0] * 3, [1.0] * 7 + [0.0]):
+        a = accuracy(correct)
+        assert 0.0 <= a["ci95"][0] <= a["value"] <= a["ci95"][1] <= 1.0

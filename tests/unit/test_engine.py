@@ -135,3 +135,18 @@ def test_chat_loop_commands_and_history(engine):
     out = stdout.getvalue()
     assert turns == 2
     assert "[system prompt set]" in out and "[conversation cleared]" in out and "/reset clears" in out
+
+
+def test_a_character_cut_by_the_length_limit_is_dropped(tiny_smollm):
+    from vikhr.serve.engine import Request, _Seq
+
+    tok = AutoTokenizer.from_pretrained(tiny_smollm)
+    lead = tok.convert_tokens_to_ids("Ð")  # the byte 0xD0: the first half of a Cyrillic letter
+    assert tok.decode([lead]) == "\ufffd"
+    seq = _Seq(Request(1, [0], GREEDY), 0, None, ids=tok.encode("мир", add_special_tokens=False))
+    seq.decode_more(tok)
+    seq.ids.append(lead)
+    seq.decode_more(tok)
+    assert seq.text == "мир"  # held back while unfinished
+    seq.decode_more(tok, final=True)
+    assert seq.text == "мир"  # and dropped at the end, not shown as U+FFFD

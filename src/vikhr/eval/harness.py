@@ -14,6 +14,7 @@ import gc
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def accuracy(correct: list[float]) -> dict:
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
     stderr = math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
     return {
-        "value": p, "n": n, "ci95": [max(0.0, centre - half), min(1.0, centre + half)], "stderr": stderr,
+        "value": p, "n": n, "ci95": [max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))],
+        "stderr": stderr,
     }  # fmt: skip
 
 
@@ -170,6 +172,10 @@ def score_multiple_choice(model, lm_tok, task, items, settings: EvalSettings) ->
     result = {"metrics": metrics, "truncated": sum(s.truncated for s in scored)}
     if chance:
         result["chance"] = sum(chance) / len(chance)
+        golds = Counter(str(it.gold) for it in items)
+        result["majority"] = golds.most_common(1)[0][1] / len(
+            items
+        )  # always answering the most frequent gold
     return result, rows
 
 

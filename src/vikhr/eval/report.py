@@ -41,12 +41,18 @@ def markdown(report: dict) -> str:
         "# Evaluation",
         "",
         f"{len(models)} models, dtype {report.get('dtype')}, device {report.get('device')}. Accuracy with its Wilson "
-        "95 % interval; *chance* is the mean of 1 / number of choices.",
+        "95 % interval; *chance* is the mean of 1 / number of choices, *majority* the score of always answering the "
+        "most frequent gold label.",
         "",
     ]
     tasks = _task_names(report)
     if tasks:
-        lines += ["## Tasks", "", "| task | metric | items | chance " + head, "|---|---|---|---" + sep]
+        lines += [
+            "## Tasks",
+            "",
+            "| task | metric | items | chance | majority " + head,
+            "|---|---|---|---|---" + sep,
+        ]
         for t in tasks:
             first = next(m["tasks"][t] for m in report["models"].values() if t in m.get("tasks", {}))
             metric_names: list[str] = []
@@ -59,6 +65,7 @@ def markdown(report: dict) -> str:
                          report["models"].values()]  # fmt: skip
                 lines.append(
                     f"| {t} | {metric} | {first.get('items', 0)} | {_fmt(first.get('chance'))} | "
+                    f"{_fmt(first.get('majority'))} | "
                     + " | ".join(cells) + " |"
                 )  # fmt: skip
         notes = []
@@ -133,8 +140,8 @@ def plot(report: dict, path: Path) -> Path | None:
                         continue
                     v = first["value"]
                     ci = first.get("ci95", [v, v])
-                    lo.append(v - ci[0])
-                    hi.append(ci[1] - v)
+                    lo.append(max(0.0, v - ci[0]))  # float rounding at p = 0 or 1
+                    hi.append(max(0.0, ci[1] - v))
                 else:
                     v = m.get("text", {}).get(key, {}).get("bits_per_char")
                     if v is None:

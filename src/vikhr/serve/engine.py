@@ -149,13 +149,16 @@ class _Seq:
         """Extend `text` by the new tokens (up to `end`) decoding only a short window of ids, not all of them.
 
         The window trick (as in vLLM/TGI): decode ids[prefix:read] and ids[prefix:end]; the difference is the new
-        text, held back while it ends in an unfinished UTF-8 character unless `final`.
+        text, held back while it ends in an unfinished UTF-8 character; at the end (`final`) an unfinished character
+        is dropped.
         """
         end = len(self.ids) if end is None else end
         if end <= self.read:
             return
         before = tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
         after = tokenizer.decode(self.ids[self.prefix : end], skip_special_tokens=True)
+        if final:  # a character the length limit cut in half is dropped, not shown as U+FFFD
+            after = after.rstrip("\ufffd")
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
             self.text += after[len(before) :]
             self.prefix, self.read = self.read, end
