@@ -41,21 +41,23 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 def test_upstream_change_and_force_train_from_step_0(tmp_path, tiny_smollm):
     run = tmp_path / "run"
     cfg = make_config(tmp_path, tiny_smollm)
-    pipeline.run(cfg)
+    pipeline.run(cfg, stop="pretrain")
     assert _report(run)["data"]["resumed_from"] is None and _trained_steps(run) == [1, 2, 3]
     first = _weights(run)
     assert (run / "pretrain.work" / "checkpoint-3").is_dir()  # a finished run leaves its last checkpoint
 
     # an upstream change: the transplant method. Every stage from transplant on reruns, pretrain from step 0.
     cfg = make_config(tmp_path, tiny_smollm, "transplant.method=random")
-    steps = {p.name: p.action for p in pipeline.run(cfg)}
+    steps = {p.name: p.action for p in pipeline.run(cfg, stop="pretrain")}
     assert steps == {"corpus": "skip", "tokenizer": "skip", "transplant": "run", "pretrain": "run"}
     assert _report(run)["data"]["resumed_from"] is None and _trained_steps(run) == [1, 2, 3]
     second = _weights(run)
     assert any(not torch.equal(second[k], first[k]) for k in first)
 
     # --force pretrain: the same inputs, but a fresh run (not a resume of the finished one).
-    steps = {p.name: p.action for p in pipeline.run(cfg, start="pretrain", force=["pretrain"])}
+    steps = {
+        p.name: p.action for p in pipeline.run(cfg, start="pretrain", stop="pretrain", force=["pretrain"])
+    }
     assert steps == {"pretrain": "run"}
     assert _report(run)["data"]["resumed_from"] is None and _trained_steps(run) == [1, 2, 3]
     third = _weights(run)
@@ -66,7 +68,7 @@ def test_interrupted_work_with_other_inputs_is_not_resumed(tmp_path, tiny_smollm
     """A checkpoint left by a run on different training text is not resumed, even with the same settings."""
     run = tmp_path / "run"
     cfg = make_config(tmp_path, tiny_smollm, "pretrain.max_steps=2", "pretrain.save_steps=2")
-    pipeline.run(cfg)
+    pipeline.run(cfg, stop="pretrain")
     (run / "pretrain").rename(run / "pretrain.old")  # as if the stage had died after its last checkpoint
     text = tmp_path / "other.txt"
     text.write_text(
@@ -75,7 +77,7 @@ def test_interrupted_work_with_other_inputs_is_not_resumed(tmp_path, tiny_smollm
     cfg = make_config(
         tmp_path, tiny_smollm, "pretrain.max_steps=2", "pretrain.save_steps=2", f"pretrain.data=[{text}]"
     )
-    pipeline.run(cfg, start="pretrain")
+    pipeline.run(cfg, start="pretrain", stop="pretrain")
     assert _report(run)["data"]["resumed_from"] is None and _trained_steps(run) == [1, 2]
     stamp = json.loads((run / "pretrain.work" / "fingerprint.json").read_text(encoding="utf-8"))
     assert set(stamp["parts"]) >= {"model", "text", "settings", "code", "transplant", "world_size"}
