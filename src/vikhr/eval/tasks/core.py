@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,35 +39,15 @@ TEMPLATE_KEYS = ("doc_to_text", "doc_to_target", "doc_to_choice", "description")
 
 
 @dataclass
-class Task:
-    """One task file, checked against the supported subset; data is read on first use."""
+class Task(Checked):
+    """One task file, checked against the supported subset; data is read on first use. The checked settings
+    (name, output_type, metrics, num_fewshot, delimiters, description, generation_kwargs, answer_regex, the
+    exact-match options, data files and splits) are the fields of `Checked`."""
 
-    name: str
-    """The YAML `task:`."""
     path: Path
     """The YAML file (absolute)."""
-    output_type: str
-    """multiple_choice, loglikelihood or generate_until."""
-    metrics: list[str]
-    """From `metric_list`, in order (lm-eval's defaults without it)."""
-    num_fewshot: int
-    target_delimiter: str
-    """Between a context and its continuation (default " ")."""
-    fewshot_delimiter: str
-    """After each few-shot example (default "\\n\\n")."""
-    description: str
-    """Prefix of every context (a field name or template, rendered per doc; default "")."""
-    generation_kwargs: dict
-    """generate_until: until (list[str]), max_gen_toks, do_sample, temperature; {} otherwise."""
-    answer_regex: str | None
-    """generate_until: the `regex` filter's pattern (the answer is its first match), else None."""
-    ignore_case: bool
-    """exact_match option."""
-    ignore_punctuation: bool
-    """exact_match option."""
     config: dict
     """The merged raw YAML (after include)."""
-    _checked: Checked = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     _origins: dict[str, Path] = field(repr=False, compare=False, default_factory=dict)
     _yaml_files: list[Path] = field(repr=False, compare=False, default_factory=list)
     _splits: dict[str, list[dict]] | None = field(init=False, repr=False, compare=False, default=None)
@@ -77,7 +57,7 @@ class Task:
         """The docs of a split (default: test_split, else validation_split), read once and cached; every doc
         has every column, as `datasets` gives them."""
         self._load()
-        split = split or self._checked.eval_split
+        split = split or self.eval_split
         if split not in self._splits:
             raise TaskError(
                 f"{self.path}: split {split!r} is not in dataset_kwargs.data_files "
@@ -108,7 +88,7 @@ class Task:
             return
         base_dir = self._data_dir()
         raw: dict[str, list[dict]] = {}
-        for split, names in self._checked.data_files.items():
+        for split, names in self.data_files.items():
             rows: list[dict] = []
             for name in names:
                 files = locate(name, base_dir)
@@ -254,20 +234,9 @@ def load_task(spec: str | Path) -> Task:
                     f"{where}: not a valid Jinja template: {e.message} (template line {e.lineno})"
                 ) from None
     return Task(
-        name=checked.name,
+        **{f.name: getattr(checked, f.name) for f in fields(Checked)},
         path=path,
-        output_type=checked.output_type,
-        metrics=checked.metrics,
-        num_fewshot=checked.num_fewshot,
-        target_delimiter=checked.target_delimiter,
-        fewshot_delimiter=checked.fewshot_delimiter,
-        description=checked.description,
-        generation_kwargs=checked.generation_kwargs,
-        answer_regex=checked.answer_regex,
-        ignore_case=checked.ignore_case,
-        ignore_punctuation=checked.ignore_punctuation,
         config=cfg,
-        _checked=checked,
         _origins=origins,
         _yaml_files=yaml_files,
     )
@@ -278,7 +247,7 @@ def task_files(task: Task) -> list[Path]:
     (a missing one as both places it is looked for, so that the fingerprint changes when it appears)."""
     base_dir = task._data_dir()
     out = list(task._yaml_files)
-    for names in task._checked.data_files.values():
+    for names in task.data_files.values():
         for name in names:
             out += locate(name, base_dir) or [base_dir / name, Path.cwd() / name]
     return list(dict.fromkeys(out))
@@ -294,28 +263,27 @@ def build_items(task: Task, *, limit: int | None = None) -> tuple[list[Item], li
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
-    checked = task._checked
     docs = task.docs()
     sampler, pool_index = None, {}
     if task.num_fewshot > 0:
-        pool = task.docs(checked.fewshot_pool)
-        sampler = FewshotSampler(pool, checked.sampler)
+        pool = task.docs(task.fewshot_pool)
+        sampler = FewshotSampler(pool, task.sampler)
         pool_index = {id(d): j for j, d in enumerate(pool)}
     items: list[Item] = []
     skipped: list[Skipped] = []
     for i, doc in enumerate(docs[:limit]):
-        where = f"item {i} of split '{checked.eval_split}'"
+        where = f"item {i} of split '{task.eval_split}'"
         examples = []
         if sampler is not None:
             try:
-                shots = sampler.sample(task.num_fewshot, doc if checked.remove_eval_doc else None)
+                shots = sampler.sample(task.num_fewshot, doc if task.remove_eval_doc else None)
             except ValueError as e:
                 raise TaskError(
                     f"{task._at('num_fewshot')}: cannot draw {task.num_fewshot} examples for {where} "
-                    f"from split '{checked.fewshot_pool}' ({len(sampler.pool)} docs): {e}"
+                    f"from split '{task.fewshot_pool}' ({len(sampler.pool)} docs): {e}"
                 ) from None
             examples = [
-                (s, f"few-shot doc {pool_index[id(s)]} of split '{checked.fewshot_pool}' (for {where})")
+                (s, f"few-shot doc {pool_index[id(s)]} of split '{task.fewshot_pool}' (for {where})")
                 for s in shots
             ]
         context = _context(task, doc, where, examples)

@@ -134,16 +134,26 @@ class Checked:
     """What `check_config` derives from a merged task config."""
 
     name: str
+    """The YAML `task:`."""
     output_type: str
+    """multiple_choice, loglikelihood or generate_until."""
     metrics: list[str]
+    """From `metric_list`, in order (lm-eval's defaults without it)."""
     num_fewshot: int
     target_delimiter: str
+    """Between a context and its continuation (default " ")."""
     fewshot_delimiter: str
+    """After each few-shot example (default "\\n\\n")."""
     description: str
+    """Prefix of every context (a field name or template, rendered per doc; default "")."""
     generation_kwargs: dict
+    """generate_until: until (list[str]), max_gen_toks, do_sample, temperature; {} otherwise."""
     answer_regex: str | None
+    """generate_until: the `regex` filter's pattern (the answer is its first match), else None."""
     ignore_case: bool
+    """exact_match option."""
     ignore_punctuation: bool
+    """exact_match option."""
     data_files: dict[str, list[str]]
     """Split name -> file names as written (a str or list in the YAML is the split `train`, as in `datasets`).
     """
