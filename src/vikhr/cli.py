@@ -248,25 +248,23 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--export", help="write lm-eval-ready copies (absolute data paths) into this folder")
     p.set_defaults(func=cmd_eval_tasks)
 
-    from vikhr.eval.translate import add_translate_arguments, cmd_translate
+    from vikhr.eval.translate import add_translate_arguments
 
     p = sub.add_parser(
         "eval-translate",
         prog="vikhr eval translate",
         help="same as `vikhr eval translate`: an English multiple-choice set -> a Russian task",
     )
-    add_translate_arguments(p)
-    p.set_defaults(func=cmd_translate)
+    add_translate_arguments(p)  # sets func=cmd_translate
 
-    from vikhr.eval.sbs import add_sbs_arguments, cmd_sbs
+    from vikhr.eval.sbs import add_sbs_arguments
 
     p = sub.add_parser(
         "eval-sbs",
         prog="vikhr eval sbs",
         help="same as `vikhr eval sbs`: answers of several models side by side",
     )
-    add_sbs_arguments(p)
-    p.set_defaults(func=cmd_sbs)
+    add_sbs_arguments(p)  # sets func=cmd_sbs
 
 
 def _add_bench_commands(sub) -> None:

@@ -120,7 +120,7 @@ def test_rows_share_a_context_only_when_it_pays():
 
     long_ctx = list(range(20))
     shared, _ = _plan_rows([[(long_ctx, [1, 2]), (long_ctx, [3, 4, 5])]], max_length=100, packed=True)
-    assert len(shared) == 1 and len(shared[0].groups[0].conts) == 2  # the question once, both options
+    assert len(shared) == 1 and len(shared[0].group.conts) == 2  # the question once, both options
     prefix_only, _ = _plan_rows(
         [[([7], list(range(30))), ([7], list(range(31)))]], max_length=100, packed=True
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -98,11 +98,13 @@ class _Group:
 
 @dataclass
 class _Row:
+    """One forward-pass row: a request's context and the continuations scored after it."""
+
     request: int
-    groups: list[_Group] = field(default_factory=list)
+    group: _Group
 
     def __len__(self) -> int:
-        return sum(len(g.ctx) + sum(len(c) - 1 for c in g.conts) for g in self.groups)
+        return len(self.group.ctx) + sum(len(c) - 1 for c in self.group.conts)
 
 
 SHARE_MIN = 0.25
@@ -147,40 +149,32 @@ def _plan_rows(
         truncated.append(cut)
         if packed:  # nothing worth sharing: one row per choice rather than longer attention spans
             groups = [part for g in groups for part in _worth_sharing(g)]
-        rows.extend(_Row(r, [g]) for g in groups)
+        rows.extend(_Row(r, g) for g in groups)
     return rows, truncated
 
 
 def _row_tensors(row: _Row):
-    """Token ids, position ids, group and branch ids (-1 = context) of one packed row, and what to score:
+    """Token ids, position ids and branch ids (-1 = context) of one row, and what to score:
     [(choice, [(position, target id), ...]), ...]."""
-    ids, pos, grp, br, targets = [], [], [], [], []
-    for g, group in enumerate(row.groups):
-        start = len(ids)
-        ids += group.ctx
-        pos += range(len(group.ctx))
-        grp += [g] * len(group.ctx)
-        br += [-1] * len(group.ctx)
-        last_ctx = start + len(group.ctx) - 1
-        for b, (cont, choice) in enumerate(zip(group.conts, group.choices, strict=True)):
-            first = len(ids)
-            body = cont[:-1]  # the last token is predicted, never fed
-            ids += body
-            pos += range(len(group.ctx), len(group.ctx) + len(body))
-            grp += [g] * len(body)
-            br += [b] * len(body)
-            predicting = [last_ctx, *range(first, first + len(body))]
-            targets.append((choice, list(zip(predicting, cont, strict=True))))
-    return ids, pos, grp, br, targets
+    group = row.group
+    ids, pos, br, targets = list(group.ctx), list(range(len(group.ctx))), [-1] * len(group.ctx), []
+    for b, (cont, choice) in enumerate(zip(group.conts, group.choices, strict=True)):
+        first = len(ids)
+        body = cont[:-1]  # the last token is predicted, never fed
+        ids += body
+        pos += range(len(group.ctx), len(group.ctx) + len(body))
+        br += [b] * len(body)
+        predicting = [len(group.ctx) - 1, *range(first, first + len(body))]
+        targets.append((choice, list(zip(predicting, cont, strict=True))))
+    return ids, pos, br, targets
 
 
-def _attention_mask(grp: torch.Tensor, br: torch.Tensor, valid: torch.Tensor, dtype) -> torch.Tensor:
-    """[B, 1, L, L] additive mask: a token sees earlier tokens of its own group's context and of its own branch."""
-    n = grp.shape[1]
+def _attention_mask(br: torch.Tensor, valid: torch.Tensor, dtype) -> torch.Tensor:
+    """[B, 1, L, L] additive mask: a token sees the earlier context tokens and the earlier tokens of its own branch."""
+    n = br.shape[1]
     causal = torch.ones(n, n, dtype=torch.bool).tril()
-    same_group = grp[:, :, None] == grp[:, None, :]
     visible_branch = (br[:, None, :] == -1) | (br[:, :, None] == br[:, None, :])
-    allowed = causal & same_group & visible_branch & valid[:, None, :]
+    allowed = causal & visible_branch & valid[:, None, :]
     allowed |= torch.eye(n, dtype=torch.bool)  # padding rows attend to themselves (no all-masked rows)
     mask = torch.zeros(allowed.shape, dtype=dtype)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
@@ -274,17 +268,15 @@ def score_requests(
             width = max(len(ids) for ids, *_ in built)
             input_ids = torch.zeros(len(batch), width, dtype=torch.long)
             position_ids = torch.zeros(len(batch), width, dtype=torch.long)
-            grp = torch.full((len(batch), width), -2, dtype=torch.long)
-            br = torch.full((len(batch), width), -2, dtype=torch.long)
-            for k, (ids, pos, g, bb, _) in enumerate(built):
+            br = torch.full((len(batch), width), -2, dtype=torch.long)  # -2: padding
+            for k, (ids, pos, bb, _) in enumerate(built):
                 n = len(ids)
                 input_ids[k, :n] = torch.tensor(ids)
                 position_ids[k, :n] = torch.tensor(pos)
-                grp[k, :n] = torch.tensor(g)
                 br[k, :n] = torch.tensor(bb)
-            valid = grp >= 0
+            valid = br > -2
             if packed:
-                attention_mask = _attention_mask(grp, br, valid, mask_dtype).to(device)
+                attention_mask = _attention_mask(br, valid, mask_dtype).to(device)
             else:
                 attention_mask = valid.long().to(device)
             rows_at, cols_at, spans = [], [], []  # every predicting position of the batch, flattened
