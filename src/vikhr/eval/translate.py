@@ -10,6 +10,9 @@ that lm-evaluation-harness runs as a task:
     rejected.jsonl  every item that failed a check, with its reason, detail and the raw answer
     stats.json      counts by reason, kept / rejected / total, token and USD cost, model and endpoint
 
+The script checks, the batched requests, the cost accounting and the output-folder rules are shared with
+`vikhr instruct translate` (`vikhr.llm.translation`).
+
 The answer key is kept by position (the translator is told to keep the options in order), so a translation never
 needs the answer. Every response is cached by the client: a rerun against the same model sends only what is
 missing (items whose request failed), and gives the same files.
@@ -25,7 +28,6 @@ import dataclasses
 import json
 import re
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,25 +36,37 @@ import yaml
 
 from vikhr.corpus.readers import InputError
 from vikhr.fsutil import staged_dir
-from vikhr.llm.client import ChatResult, LLMClient, LLMError, LLMStats
+from vikhr.llm.client import ChatResult, LLMClient, LLMError
+from vikhr.llm.translation import (
+    LANGUAGE_NAMES,
+    REJECTED_FILE,
+    STATS_FILE,
+    add_endpoint_arguments,
+    ask,
+    check_arguments,
+    check_out_dir,
+    client_from_args,
+    completion_limit,
+    cost_line,
+    counts_line,
+    default_name,
+    in_target_language,
+    require_some_answer,
+    run_cost,
+    script_name,
+    script_share,
+    tally,
+    target_script,
+    write_jsonl,
+)
 from vikhr.log import get_logger, setup_logging
 from vikhr.manifest import write_json_atomic
-from vikhr.scripts import LANGUAGE_SCRIPTS, LATIN, SCRIPTS
+from vikhr.scripts import LANGUAGE_SCRIPTS
 
 log = get_logger(__name__)
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 """Answer letters by option index (MMLU-Pro has up to ten options)."""
-REJECTED_FILE = "rejected.jsonl"
-STATS_FILE = "stats.json"
-MIN_MAX_TOKENS = 512
-"""Smallest completion limit of a request; longer items get one token per character of their English JSON."""
-
-LANGUAGE_NAMES = {
-    "ru": "Russian", "uk": "Ukrainian", "be": "Belarusian", "bg": "Bulgarian", "kk": "Kazakh", "sr": "Serbian",
-    "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
-}  # fmt: skip
-"""Language code -> English name used in the translator's instructions."""
 PROMPT_WORDS = {
     "ru": ("Вопрос", "Ответ"), "uk": ("Питання", "Відповідь"), "be": ("Пытанне", "Адказ"),
     "bg": ("Въпрос", "Отговор"), "kk": ("Сұрақ", "Жауап"), "sr": ("Питање", "Одговор"),
@@ -230,44 +244,9 @@ def _translation_fields(obj: dict) -> tuple[str, list[str]]:
     return q, out
 
 
-_NOT_PROSE = re.compile(
-    r"\$\$.*?\$\$|\$[^$\n]{1,200}\$|\\\(.*?\\\)|\\\[.*?\\\]|`[^`]*`|\\[A-Za-z]+", re.DOTALL
-)
-"""Math spans ($...$, $$...$$, \\(...\\), \\[...\\]), inline code and LaTeX commands: not counted as prose."""
-_LETTER_RUN = re.compile(r"[^\W\d_]+")
-_LATIN_RUN = re.compile(f"[{LATIN}]+")
-_ENGLISH_RUN = re.compile(r"[a-z]{4,}")
-
-
-def script_share(text: str, script: str) -> float | None:
-    """Share of the prose letters of `text` that belong to `script` (a character class from `vikhr.scripts`).
-
-    Prose letters are all letters except those in math spans, inline code and LaTeX commands, and Latin words of
-    one letter (variables) or without a lowercase letter (acronyms, Roman numerals, formulas such as H2O):
-    "I, II и III" is Russian. None when no letter counts.
-    """
-    target = re.compile(f"[{script}]")
-    n = hits = 0
-    for run in _LETTER_RUN.findall(_NOT_PROSE.sub(" ", text)):
-        if _LATIN_RUN.fullmatch(run) and (len(run) == 1 or run.upper() == run):
-            continue
-        n += len(run)
-        hits += sum(1 for ch in run if target.match(ch))
-    return hits / n if n else None
-
-
-def has_english_word(text: str) -> bool:
-    """True when a Latin word outside math, code and LaTeX commands has 4+ lowercase letters in a row
-    ("the", "NaCl", "DNA", "mol", "sin" do not; "above", "Paris" do)."""
-    return any(_ENGLISH_RUN.search(w) for w in _LATIN_RUN.findall(_NOT_PROSE.sub(" ", text)))
-
-
 def option_in_target(source: str, option: str, script: str, min_share: float) -> bool:
     """Whether a translated option counts as written in the target language; see `check_translation`."""
-    share = script_share(option, script)
-    if share is None or share >= min_share:
-        return True
-    return option.strip() == source.strip() and not has_english_word(option)
+    return in_target_language(option, script, min_share, source)
 
 
 def check_translation(
@@ -287,7 +266,7 @@ def check_translation(
     Latin word with 4+ lowercase letters in a row (formulas, symbols, names such as "NaCl", "DNA", "pH").
     """
     problems: list[tuple[str, str]] = []
-    name = _script_name(script)
+    name = script_name(script)
     if not question.strip():
         problems.append(("empty_question", "the question came back empty"))
     else:
@@ -320,10 +299,6 @@ def check_translation(
             problems.append(("duplicate_options", f"options {seen[key] + 1} and {k + 1} became {opt[:80]!r}"))
         seen.setdefault(key, k)
     return problems
-
-
-def _script_name(script: str) -> str:
-    return next((n for n, cls in SCRIPTS.items() if cls == script), "target-script")
 
 
 # -- translating a set ---------------------------------------------------------------------------------------
@@ -376,29 +351,22 @@ def translate_mc(
     the task's own folder, replaced as a whole when done (a folder holding other files is refused).
     `price_in` / `price_out` are USD per 1M prompt / completion tokens. `source` is recorded in the YAML.
     """
-    _check_arguments(name, target_language, limit, min_script_share, price_in, price_out)
+    check_arguments(name, target_language, limit, min_script_share, price_in, price_out)
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, name)
+    check_out_dir(out_dir, {f"{name}.jsonl", f"{name}.yaml", REJECTED_FILE, STATS_FILE})
     items = list(items[:limit] if limit is not None else items)
     if not items:
         raise ValueError("no items to translate")
-    script = LANGUAGE_SCRIPTS[target_language]
-    if script == LATIN:
-        log.warning(
-            "%s is written in Latin script, as English is: the script checks cannot tell them apart",
-            target_language,
-        )
+    script = target_script(target_language)
     model = client.model  # before the batch: an unreachable endpoint fails here, once
     before = client.stats
     convs = [translation_messages(it, target_language) for it in items]
     try:
-        answers = _ask(client, convs, name)
+        answers = ask(client, convs, [max_tokens_for(c) for c in convs], f"translate {name}")
     except LLMError:
         log.error("translate %s stopped; the answers received so far are cached, a rerun resumes", name)
         raise
-    if all(isinstance(a, LLMError) for a in answers):
-        first = answers[0]
-        raise LLMError(f"every translation request failed, nothing written; the first error: {first}")
+    require_some_answer(answers)
     kept_rows, rejected_rows = [], []
     for item, ans in zip(items, answers, strict=True):
         row, problems, raw = _judge(item, ans, script, min_script_share)
@@ -412,12 +380,10 @@ def translate_mc(
         else:
             kept_rows.append(row)
     total, kept, rejected = len(items), len(kept_rows), len(rejected_rows)
-    if kept + rejected != total:
-        raise RuntimeError(f"accounting error: {kept} kept + {rejected} rejected != {total} items")
-    reasons = dict(Counter(r["reason"] for r in rejected_rows).most_common())
+    reasons = tally(total, kept, rejected_rows)
     if not kept:
         log.warning("translate %s: no item passed the checks (%s); the task has no data", name, reasons)
-    cost = _cost(before, client.stats, answers, price_in, price_out)
+    cost = run_cost(before, client.stats, answers, price_in, price_out)
     stats = {
         "name": name, "source": str(source) if source else None, "target_language": target_language,
         "model": model, "base_url": client.base_url, "min_script_share": min_script_share,
@@ -426,8 +392,8 @@ def translate_mc(
     }  # fmt: skip
     task = task_yaml(name, model, source, target_language)
     with staged_dir(out_dir) as tmp:
-        _write_jsonl(tmp / f"{name}.jsonl", kept_rows)
-        _write_jsonl(tmp / REJECTED_FILE, rejected_rows)
+        write_jsonl(tmp / f"{name}.jsonl", kept_rows)
+        write_jsonl(tmp / REJECTED_FILE, rejected_rows)
         (tmp / f"{name}.yaml").write_text(
             yaml.safe_dump(task, allow_unicode=True, sort_keys=False), encoding="utf-8"
         )
@@ -442,24 +408,8 @@ def translate_mc(
 
 
 def max_tokens_for(messages: list[dict[str, str]]) -> int:
-    """Completion limit of one request: a power of two at least `MIN_MAX_TOKENS` and at least the item's JSON
-    length in characters (a translation is about as long; a token holds a character or more)."""
-    need = max(MIN_MAX_TOKENS, len(messages[-1]["content"]))
-    return 1 << (need - 1).bit_length()
-
-
-def _ask(client: LLMClient, convs: list[list[dict[str, str]]], name: str) -> list[ChatResult | LLMError]:
-    """`client.chat_many` at temperature 0, one batch per completion limit (so an item's request, and its cache
-    key, never depends on the other items); answers in input order."""
-    limits = [max_tokens_for(c) for c in convs]
-    answers: list[ChatResult | LLMError | None] = [None] * len(convs)
-    for limit in sorted(set(limits)):
-        idx = [i for i, n in enumerate(limits) if n == limit]
-        desc = f"translate {name}" + (f" (≤{limit} tokens)" if len(set(limits)) > 1 else "")
-        got = client.chat_many([convs[i] for i in idx], desc=desc, temperature=0, max_tokens=limit)
-        for i, a in zip(idx, got, strict=True):
-            answers[i] = a
-    return [a for a in answers if a is not None]
+    """Completion limit of one request: `completion_limit` of the item's JSON length in characters."""
+    return completion_limit(len(messages[-1]["content"]))
 
 
 def _source_fields(item: dict) -> dict:
@@ -488,32 +438,6 @@ def _judge(
     return row, [], ans.text
 
 
-def _usd(prompt: int, completion: int, price_in: float, price_out: float) -> float | None:
-    if not (price_in or price_out):
-        return None
-    return round((prompt * price_in + completion * price_out) / 1e6, 6)
-
-
-def _cost(
-    before: LLMStats, after: LLMStats, answers: list[ChatResult | LLMError], price_in: float, price_out: float
-) -> dict[str, Any]:
-    """This run's tokens and requests (the client's counters) and what every answer cost, cached ones included."""
-    keys = ("prompt_tokens", "completion_tokens", "cached_tokens", "requests", "cache_hits")
-    run = {k: getattr(after, k) - getattr(before, k) for k in keys}
-    got = [a for a in answers if isinstance(a, ChatResult)]
-    p_all = sum(int(a.usage.get("prompt_tokens") or 0) for a in got)
-    c_all = sum(int(a.usage.get("completion_tokens") or 0) for a in got)
-    return {
-        **run,
-        "usd": _usd(run["prompt_tokens"], run["completion_tokens"], price_in, price_out),
-        "price_in_per_1m": price_in,
-        "price_out_per_1m": price_out,
-        "all_items": {
-            "prompt_tokens": p_all, "completion_tokens": c_all, "usd": _usd(p_all, c_all, price_in, price_out)
-        },
-    }  # fmt: skip
-
-
 def task_yaml(name: str, model: str, source: str | Path | None, language: str = "ru") -> dict[str, Any]:
     """The lm-eval task config: zero-shot multiple choice over `<name>.jsonl` beside the YAML."""
     q_word, a_word = PROMPT_WORDS.get(language, PROMPT_WORDS["en"])
@@ -535,54 +459,6 @@ def task_yaml(name: str, model: str, source: str | Path | None, language: str = 
     }
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-def _check_arguments(
-    name: str, language: str, limit: int | None, min_share: float, price_in: float, price_out: float
-) -> None:
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"task name {name!r}: use letters, digits, '_', '.', '-' (it names files)")
-    if language not in LANGUAGE_SCRIPTS:
-        known = ", ".join(sorted(LANGUAGE_SCRIPTS))
-        raise ValueError(
-            f"unknown target language {language!r} (known: {known}; add it to vikhr.scripts.LANGUAGE_SCRIPTS)"
-        )
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
-    if not 0.0 < min_share <= 1.0:
-        raise ValueError(f"min_script_share must be in (0, 1], got {min_share}")
-    if price_in < 0 or price_out < 0:
-        raise ValueError(f"prices must not be negative, got {price_in} / {price_out}")
-
-
-def _check_out_dir(out_dir: Path, name: str) -> None:
-    """Refuse an output folder that the final rename would destroy: one with other files, or the working folder."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise ValueError(f"{out_dir} exists and is not a folder")
-    resolved, cwd = out_dir.resolve(), Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents:
-        raise ValueError(
-            f"{out_dir} is (or holds) the working folder; the task folder is replaced as a whole"
-        )
-    ours = {f"{name}.jsonl", f"{name}.yaml", REJECTED_FILE, STATS_FILE}
-    other = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
-    if other:
-        shown = ", ".join(other[:5]) + (", ..." if len(other) > 5 else "")
-        raise ValueError(
-            f"{out_dir} holds other files ({shown}); the task folder is replaced as a whole: choose a new or "
-            f"empty --out (one folder per task)"
-        )
-
-
 # -- command line --------------------------------------------------------------------------------------------
 
 
@@ -598,19 +474,7 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="task name, also the data and YAML file names (default: INPUT's stem_LANG)")
     p.add_argument("--limit", type=int, help="translate only the first N items")
     p.add_argument("--language", default="ru", choices=sorted(LANGUAGE_SCRIPTS), help="target language")
-    p.add_argument(
-        "--base-url",
-        help="OpenAI-compatible endpoint ending in /v1 (default: $VIKHR_LLM_BASE_URL, $OPENAI_BASE_URL, "
-        "http://127.0.0.1:8000/v1)",
-    )
-    p.add_argument("--model", help="model id (default: $VIKHR_LLM_MODEL, else the endpoint's first model)")
-    p.add_argument(
-        "--price-in", type=float, default=0.0, metavar="USD_PER_1M", help="USD per 1M prompt tokens"
-    )
-    p.add_argument(
-        "--price-out", type=float, default=0.0, metavar="USD_PER_1M", help="USD per 1M completion tokens"
-    )
-    p.add_argument("--concurrency", type=int, help="requests in flight at once (default: 8)")
+    add_endpoint_arguments(p)
     p.add_argument(
         "--min-script-share",
         type=float,
@@ -634,24 +498,19 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_translate(args: argparse.Namespace) -> int:
     """`vikhr eval translate`: translate a multiple-choice set into an lm-eval task; prints a short summary."""
     setup_logging("INFO")
-    overrides = {"base_url": args.base_url, "model": args.model, "max_concurrency": args.concurrency}
     items = read_mc_items(
         args.input, question=args.question_field, options=args.options_field, answer=args.answer_field
     )
-    name = args.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{args.input.stem}_{args.language}")
-    with LLMClient.from_env(**{k: v for k, v in overrides.items() if v is not None}) as client:
+    name = args.name or default_name(args.input, args.language)
+    with client_from_args(args) as client:
         res = translate_mc(
             client, items, args.out, name=name, target_language=args.language, limit=args.limit,
             price_in=args.price_in, price_out=args.price_out, min_script_share=args.min_script_share,
             source=args.input,
         )  # fmt: skip
-    c = res.cost
-    reasons = ", ".join(f"{r} {n}" for r, n in res.reasons.items())
-    usd = f", ${c['usd']:.4f}" if c["usd"] is not None else ""
     lines = [
-        f"kept {res.kept} of {res.total}, rejected {res.rejected}" + (f" ({reasons})" if reasons else ""),
-        f"cost: {c['prompt_tokens']} prompt + {c['completion_tokens']} completion tokens in {c['requests']} "
-        f"requests ({c['cache_hits']} cache hits, {c['cached_tokens']} cached tokens){usd}",
+        counts_line(res.kept, res.total, res.reasons),
+        cost_line(res.cost),
         f"task: {res.yaml}",
         f"run it: cd {res.yaml.parent} && lm_eval --include_path . --tasks {name} --model hf --model_args ...",
     ]
