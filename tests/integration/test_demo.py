@@ -45,15 +45,24 @@ def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "pretrain" / "model")
     assert trained.config.vocab_size == 32000 and trained.config.use_cache
     assert [s.action for s in pipeline.run(cfg, stop="pretrain")] == ["skip", "skip", "skip", "skip"]
-    # the evaluate stage on the three real models, shortened: every task, text, a prompt, the manifest's headline
+    # instruction data, SFT (shortened) and the evaluate stage on the four real models: every task, text, a prompt
     short_eval = ["evaluate.limit=4", "evaluate.text_lines=4", "evaluate.max_prompts=1",
                   "evaluate.max_new_tokens=8", "evaluate.speed=false"]  # fmt: skip
+    short_sft = ["sft.max_steps=2", "sft.max_prompts=1", "sft.max_new_tokens=8", "sft.eval_max_rows=2"]
     cfg = load_config(
-        "demo", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20", *short, *short_eval]
+        "demo", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20", *short, *short_eval, *short_sft]
     )
-    assert [s.action for s in pipeline.run(cfg)] == ["skip", "skip", "skip", "skip", "run"]
-    e = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["evaluate"]["metrics"]
-    assert set(e) == {"source", "transplant", "pretrain"}
+    actions = [(s.name, s.action) for s in pipeline.run(cfg)]
+    assert actions == [("corpus", "skip"), ("tokenizer", "skip"), ("transplant", "skip"), ("pretrain", "skip"),
+                       ("reward", "run"), ("instruct", "run"), ("sft", "run"), ("evaluate", "run")]  # fmt: skip
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert stages["instruct"]["metrics"]["sources"]["ru_seed_tasks"]["in"] == 137
+    s = stages["sft"]["metrics"]
+    assert s["steps"] == 2 and s["held_out_answer_loss"]["after"] is not None
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "sft" / "model")
+    assert tuned.config.vocab_size == 32000
+    e = stages["evaluate"]["metrics"]
+    assert set(e) == {"source", "transplant", "pretrain", "sft"}
     for row in e.values():
         assert {"rcb/acc", "parus/acc", "mmlu_pro/acc", "bpc/ru", "latin_share"} <= set(row)
     assert (tmp_path / "run" / "evaluate" / "sbs" / "sbs.html").is_file()

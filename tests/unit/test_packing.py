@@ -227,3 +227,18 @@ def test_split_documents_is_deterministic_and_complete():
     assert split_documents(texts, 0.0) == (texts, [])
     with pytest.raises(ValueError):
         split_documents(texts, 1.0)
+
+
+def test_loss_masks_label_only_flagged_tokens_and_keep_examples_whole():
+    """SFT rows: only flagged tokens are labels, segment starts and padding never; no example crosses rows."""
+    docs = [[1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11, 12]]
+    masks = [[False, False, True, True], [False, True, True], [False, False, False, True, True]]
+    stats = PackStats()
+    rows = list(pack(docs, 8, bos_id=None, eos_id=None, split_long=False, last="pad", pad_id=0, stats=stats,
+                     loss_masks=masks))  # fmt: skip
+    assert [r.seq_lens for r in rows] == [(4, 3, 1), (5, 3)]
+    labelled = [t for r in rows for t in r.labels.tolist() if t != IGNORE_INDEX]
+    assert labelled == [3, 4, 6, 7, 11, 12]
+    assert stats.balanced(8)
+    with pytest.raises(ValueError, match="loss-mask"):
+        list(pack([[1, 2]], 8, bos_id=None, eos_id=None, loss_masks=[[True]]))

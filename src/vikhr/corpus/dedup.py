@@ -786,3 +786,36 @@ def _summary(work, tasks: int, bands: int, rows: int, curve: dict, opts: DedupCo
         counts[NEAR],
     )
     return result
+
+
+def dedup_records(
+    records: list[tuple[str, str]], work_folder: str | Path, *, opts: DedupConfig, workers: int = 0
+) -> tuple[dict[str, tuple[str, str]], dict[str, Any]]:
+    """Deduplicate short in-memory texts (instruction prompts, ...) with the same chain as the corpus:
+    `records` are (id, text) in priority order — the first occurrence wins. Returns {removed id: (reason,
+    duplicate_of id)} and the chain's summary. The work folder must be empty or absent; it keeps the chain's
+    files (input, kept, removed) for inspection."""
+    from datatrove.pipeline.writers import JsonlWriter
+
+    work = Path(work_folder)
+    if work.exists() and any(work.iterdir()):
+        raise ValueError(f"{work}: dedup work folder is not empty")
+    ids = [i for i, _ in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("dedup_records: ids must be unique")
+    with JsonlWriter(str(work / "input"), output_filename="00000.jsonl.gz", compression=FAST_GZIP,
+                     adapter=_jsonl_record) as writer:  # fmt: skip
+        for seq, (doc_id, text) in enumerate(records):
+            writer.write(Document(text=text, id=doc_id, metadata={"file_index": 0, "seq": seq}), 0)
+    summary = run_dedup(work / "input", work / "kept", work / "removed", work / "chain", opts=opts,
+                        executor=ExecutorOptions("local", work / "logs", workers), tasks=1)  # fmt: skip
+    removed: dict[str, tuple[str, str]] = {}
+    folder = get_datafolder(str(work / "removed"))
+    for path in folder.list_files(glob_pattern="**/*.jsonl.gz"):
+        with folder.open(path, "rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                removed[rec["id"]] = (rec["metadata"]["reason"], rec["metadata"]["duplicate_of"])
+    if summary["removed"] != len(removed):
+        raise RuntimeError(f"dedup reported {summary['removed']} removals, {len(removed)} were written")
+    return removed, summary

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from vikhr.stages import corpus, evaluate, pretrain, tokenizer, transplant
+from vikhr.stages import corpus, evaluate, instruct, pretrain, reward, sft, tokenizer, transplant
 
-STAGES: list[ModuleType] = [corpus, tokenizer, transplant, pretrain, evaluate]
+STAGES: list[ModuleType] = [corpus, tokenizer, transplant, pretrain, reward, instruct, sft, evaluate]
 
 
 def stage_names() -> list[str]:

@@ -5,13 +5,17 @@
 - `target_specs(cfg, rundir)`: the target-language text every later stage reads — the corpus stage's filtered
   shards when that stage has finished in this run directory, else `data.target` (the raw sources).
 - `spec_fingerprints` / `source_model_fingerprint`: what goes into a stage's `inputs(cfg)`.
+- `plan_steps` / `train_arguments`: a training section (`TrainConfig`: pretrain, sft) as optimizer steps and
+  `TrainingArguments`.
+- `prompt_lines`: the prompts a stage has models answer (bundled, a file, or none).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from vikhr.config import Config, resolve_path
+from vikhr.config import Config, TrainConfig, resolve_path
 from vikhr.manifest import path_fingerprint
 from vikhr.rundir import RunDir
 
@@ -77,3 +81,42 @@ def held_out_texts(cfg: Config, files: dict[str, str], key: str, max_lines: int 
     else:
         texts = default_texts()
     return {k: v[:max_lines] for k, v in texts.items()} if max_lines > 0 else texts
+
+
+def plan_steps(p: TrainConfig, rows: int, world: int) -> int:
+    """Optimizer steps a training section will take over `rows` packed rows on `world` processes."""
+    if p.max_steps:
+        return p.max_steps
+    per_epoch = max(math.ceil(rows / (p.batch_size * world)) // p.grad_accum, 1)
+    return max(math.ceil(per_epoch * p.epochs), 1)
+
+
+def train_arguments(p: TrainConfig, work: Path, steps: int):
+    """A training section's settings as `TrainingArguments` (through `vikhr.train.run`)."""
+    from vikhr.train.run import training_arguments
+
+    return training_arguments(
+        work, batch_size=p.batch_size, lr=p.lr, grad_accum=p.grad_accum, epochs=p.epochs, max_steps=p.max_steps,
+        planned_steps=steps, lr_scheduler=p.lr_scheduler, warmup_steps=p.warmup_steps,
+        weight_decay=p.weight_decay, adam_betas=(p.adam_beta1, p.adam_beta2), adam_eps=p.adam_eps,
+        max_grad_norm=p.max_grad_norm, bf16=p.bf16, gradient_checkpointing=p.gradient_checkpointing,
+        logging_steps=p.logging_steps, eval_steps=p.eval_steps, save_steps=p.save_steps,
+        save_total_limit=p.save_total_limit, report_to=p.report_to, seed=p.seed,
+    )  # fmt: skip
+
+
+def prompt_lines(cfg: Config, spec: str, max_prompts: int, key: str) -> list[str]:
+    """Prompts for models to answer: `bundled` (the shipped Russian everyday questions), a file with one per line
+    (`key` names the setting in errors), or none for an empty spec; the first `max_prompts` (0: all)."""
+    if not spec:
+        return []
+    from vikhr.eval.sbs import bundled_prompts, read_prompts
+
+    if spec == "bundled":
+        lines = bundled_prompts()
+    else:
+        path = resolve_path(cfg, spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"{key}: file not found: {path}")
+        lines = read_prompts(path)
+    return lines[:max_prompts] if max_prompts else lines

@@ -15,7 +15,7 @@ from vikhr.config import Config, resolve_path, to_dict
 from vikhr.log import get_logger
 from vikhr.manifest import StageRecord, path_fingerprint
 from vikhr.rundir import RunDir
-from vikhr.stages.common import held_out_texts, source_model_fingerprint, source_model_path
+from vikhr.stages.common import held_out_texts, prompt_lines, source_model_fingerprint, source_model_path
 
 log = get_logger(__name__)
 
@@ -40,23 +40,6 @@ def run_models(cfg: Config, rundir: RunDir) -> dict[str, str]:
     return paths
 
 
-def prompts(cfg: Config) -> list[str]:
-    """The prompts every model answers: the bundled set, a file (one per line), or none."""
-    e = cfg.evaluate
-    if not e.prompts:
-        return []
-    from vikhr.eval.sbs import bundled_prompts, read_prompts
-
-    if e.prompts == "bundled":
-        lines = bundled_prompts()
-    else:
-        path = resolve_path(cfg, e.prompts)
-        if not path.is_file():
-            raise FileNotFoundError(f"evaluate.prompts: file not found: {path}")
-        lines = read_prompts(path)
-    return lines[: e.max_prompts] if e.max_prompts else lines
-
-
 def settings(cfg: Config):
     from vikhr.eval.harness import EvalSettings
 
@@ -65,7 +48,7 @@ def settings(cfg: Config):
     text = held_out_texts(cfg, files, "evaluate.text" if e.text else "transplant.eval_texts", e.text_lines)
     return EvalSettings(
         tasks=[str(_task_spec(cfg, t)) for t in e.tasks], limit=e.limit, batch_size=e.batch_size, dtype=e.dtype,
-        max_length=e.max_length, text=text, prompts=prompts(cfg), max_new_tokens=e.max_new_tokens, seed=e.seed,
+        max_length=e.max_length, text=text, prompts=prompt_lines(cfg, e.prompts, e.max_prompts, "evaluate.prompts"), max_new_tokens=e.max_new_tokens, seed=e.seed,
         language=cfg.language, speed=e.speed,
     )  # fmt: skip
 

@@ -17,7 +17,6 @@ writes the output.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -25,19 +24,21 @@ from pathlib import Path
 import torch
 
 import vikhr
-from vikhr.config import Config, PretrainConfig, resolve_path, to_dict
+from vikhr.config import Config, resolve_path, to_dict
 from vikhr.log import get_logger
 from vikhr.manifest import StageRecord, package_versions, path_fingerprint
 from vikhr.rundir import RunDir
 from vikhr.stages.common import (
     held_out_texts,
+    plan_steps,
     source_model_fingerprint,
     source_model_path,
     spec_fingerprints,
     target_specs,
+    train_arguments,
 )
 from vikhr.train.dist import is_main_process, rank, world_size
-from vikhr.train.run import resume_point, train_and_save, training_arguments
+from vikhr.train.run import resume_point, train_and_save
 
 log = get_logger(__name__)
 
@@ -106,26 +107,6 @@ def check_vocab(model, tok, where: Path) -> None:
             f"{where}: the tokenizer has {len(tok)} tokens but the model's embedding has {rows} rows; "
             "they do not belong together (rerun the transplant stage)"
         )
-
-
-def plan_steps(p: PretrainConfig, rows: int, world: int) -> int:
-    """Optimizer steps the run will take."""
-    if p.max_steps:
-        return p.max_steps
-    per_epoch = max(math.ceil(rows / (p.batch_size * world)) // p.grad_accum, 1)
-    return max(math.ceil(per_epoch * p.epochs), 1)
-
-
-def pretrain_arguments(p: PretrainConfig, work: Path, steps: int):
-    """The stage's settings as `TrainingArguments` (through `vikhr.train.run`)."""
-    return training_arguments(
-        work, batch_size=p.batch_size, lr=p.lr, grad_accum=p.grad_accum, epochs=p.epochs, max_steps=p.max_steps,
-        planned_steps=steps, lr_scheduler=p.lr_scheduler, warmup_steps=p.warmup_steps,
-        weight_decay=p.weight_decay, adam_betas=(p.adam_beta1, p.adam_beta2), adam_eps=p.adam_eps,
-        max_grad_norm=p.max_grad_norm, bf16=p.bf16, gradient_checkpointing=p.gradient_checkpointing,
-        logging_steps=p.logging_steps, eval_steps=p.eval_steps, save_steps=p.save_steps,
-        save_total_limit=p.save_total_limit, report_to=p.report_to, seed=p.seed,
-    )  # fmt: skip
 
 
 COSMETIC = ("resume", "report_to", "logging_steps", "save_total_limit")
@@ -209,7 +190,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
     steps = plan_steps(p, len(train_ds), world)
     work = rundir.work_dir(NAME)
     last = resume_point(work, resume_key(cfg, rundir, model_dir), p.resume and NAME not in rundir.forced)
-    args = pretrain_arguments(p, work, steps)
+    args = train_arguments(p, work, steps)
     trainer = KLTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_sets, data_collator=PackingCollator(),
         reference=p.reference, kl_weight=p.kl_weight, kl_chunk=p.kl_chunk, kl_direction=p.kl_direction,

@@ -110,8 +110,11 @@ def make_sequence(
     seq_len: int,
     pad_id: int,
     sources: Sequence[tuple[int, int, int]] = (),
+    loss_mask: Sequence[bool] | None = None,
 ) -> PackedSequence:
-    """Build one row from concatenated segment tokens, padding the tail with `pad_id` as its own segment."""
+    """Build one row from concatenated segment tokens, padding the tail with `pad_id` as its own segment.
+    `loss_mask` (one flag per token): only flagged tokens are labels (SFT's assistant tokens); segment starts and
+    padding never are."""
     if sum(seg_lens) != len(ids) or len(ids) > seq_len or any(n <= 0 for n in seg_lens):
         raise ValueError(f"segments {list(seg_lens)} do not tile {len(ids)} tokens within seq_len={seq_len}")
     num_pad = seq_len - len(ids)
@@ -123,6 +126,11 @@ def make_sequence(
     labels[starts] = IGNORE_INDEX
     if num_pad:
         labels[len(ids) :] = IGNORE_INDEX
+    if loss_mask is not None:
+        if len(loss_mask) != len(ids):
+            raise ValueError(f"loss_mask has {len(loss_mask)} flags for {len(ids)} tokens")
+        keep = torch.tensor([*loss_mask, *[False] * num_pad], dtype=torch.bool)
+        labels[~keep] = IGNORE_INDEX
     return PackedSequence(input_ids, position_ids, labels, lens, num_pad, tuple(sources))
 
 
@@ -140,6 +148,7 @@ def pack(
     last: Literal["drop", "pad"] = "drop",
     pad_id: int = 0,
     stats: PackStats | None = None,
+    loss_masks: Iterable[Sequence[bool]] | None = None,
 ) -> Iterator[PackedSequence]:
     """Greedily pack token documents (each wrapped in bos/eos when given) into rows of exactly `seq_len`.
 
@@ -147,6 +156,9 @@ def pack(
     in the next row — no padding except possibly the last row. `split_long=False`: a document never crosses
     rows; a row whose room is too small is padded and closed, and a document longer than seq_len is truncated.
     The final partial row is dropped or padded (`last`). Counts go into `stats` when given.
+
+    `loss_masks` (one per document, a flag per token, bos/eos not included): only flagged tokens become labels —
+    SFT's assistant replies and their end-of-turn tokens; the rest of the conversation is context only.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
@@ -156,18 +168,25 @@ def pack(
     buf: list[int] = []
     lens: list[int] = []
     srcs: list[tuple[int, int, int]] = []
+    flags: list[bool] | None = [] if loss_masks is not None else None
+    masks = iter(loss_masks) if loss_masks is not None else None
 
     def flush() -> PackedSequence:
-        row = make_sequence(buf, lens, seq_len, pad_id, srcs)
+        row = make_sequence(buf, lens, seq_len, pad_id, srcs, flags)
         stats.sequences += 1
         stats.padded += row.num_pad
-        buf.clear()
-        lens.clear()
-        srcs.clear()
+        for part in (buf, lens, srcs, flags if flags is not None else []):
+            part.clear()
         return row
 
     for d, doc in enumerate(docs):
         stats.documents += 1
+        mask = None
+        if masks is not None:
+            mask = list(next(masks))
+            if len(mask) != len(doc):
+                raise ValueError(f"document {d}: {len(mask)} loss-mask flags for {len(doc)} tokens")
+            mask = [*([False] if bos_id is not None else []), *mask, *([True] if eos_id is not None else [])]
         if len(doc) == 0:
             stats.empty += 1
             continue
@@ -180,6 +199,8 @@ def pack(
             if len(buf) + len(toks) > seq_len:
                 yield flush()
             buf.extend(toks)
+            if flags is not None:
+                flags.extend(mask[: len(toks)])
             lens.append(len(toks))
             srcs.append((d, 0, len(toks)))
             if len(buf) == seq_len:
@@ -189,6 +210,8 @@ def pack(
         while start < len(toks):
             take = min(seq_len - len(buf), len(toks) - start)
             buf.extend(toks[start : start + take])
+            if flags is not None:
+                flags.extend(mask[start : start + take])
             lens.append(take)
             srcs.append((d, start, start + take))
             start += take

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from vikhr.log import get_logger
@@ -115,13 +116,17 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, final: Path, model_dir: Path, report: dict, log_history: list[dict]) -> None:
-    """Fill a staged stage folder: model/ (moved from `final`), the report, the logs and the loss curves."""
+def write_outputs(
+    out: Path, final: Path, model_dir: Path, report: dict, log_history: list[dict], *, name: str = "pretrain",
+    render: Callable[[dict], str] = markdown,
+) -> None:  # fmt: skip
+    """Fill a staged stage folder: model/ (moved from `final`), `<name>_report.json` / `.md` (`render`), the logs
+    and the loss curves."""
     shutil.move(str(final), str(out / "model"))
     finish_model_folder(out / "model", model_dir)
     (out / "log_history.json").write_text(json.dumps(log_history, indent=1) + "\n", encoding="utf-8")
     loss_plot(log_history, out / "loss.png")
-    (out / "pretrain_report.json").write_text(
+    (out / f"{name}_report.json").write_text(
         json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8"
     )
-    (out / "pretrain_report.md").write_text(markdown(report), encoding="utf-8")
+    (out / f"{name}_report.md").write_text(render(report), encoding="utf-8")
