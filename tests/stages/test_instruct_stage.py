@@ -92,3 +92,42 @@ def test_missing_source_file_names_it(tiny_smollm, tmp_path):
     cfg = load_config(tiny_run_config(tmp_path, tiny_smollm, settings))
     with pytest.raises(Exception, match="nope.jsonl"):
         pipeline.run(cfg, "instruct", "instruct")
+
+
+@pytest.mark.slow
+def test_reward_stage_then_instruct_filters_by_quantile(tiny_smollm, tmp_path):
+    """The reward stage trains on preference pairs; `instruct.reward_model: reward` scores every example and drops
+    the lowest share, each written with its score."""
+    from conftest import tiny_encoder
+
+    words = ["хороший подробный ответ", "плохо", "полезно и вежливо", "грубо"]
+    encoder = tiny_encoder(tmp_path / "enc", words * 50 + _seed_prompts(40))
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"Вопрос {i}", "chosen": f"хороший подробный ответ {i}", "rejected": f"грубо {i}"}
+            for i in range(40)] + [{"prompt": "x", "chosen": "same", "rejected": "same"}]  # fmt: skip
+    pairs.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    settings = {
+        "reward": {"pairs": [str(pairs)], "model": str(encoder), "epochs": 2, "batch_size": 8, "lr": 1e-3,
+                   "max_length": 32, "eval_share": 0.2},
+        "instruct": {"reward_model": "reward", "reward_quantile": 0.25, "reward_max_length": 64},
+    }  # fmt: skip
+    cfg = load_config(tiny_run_config(tmp_path, tiny_smollm, settings))
+    steps = pipeline.run(cfg, "reward", "instruct")
+    assert [(s.name, s.action) for s in steps] == [("reward", "run"), ("instruct", "run")]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text(encoding="utf-8"))["stages"]
+    r = manifest["reward"]["metrics"]
+    assert r["configured"] and r["pairs"] == 40 and r["rejected"] == 1  # the identical pair, written with why
+    assert (tmp_path / "run" / "reward" / "model" / "config.json").is_file()
+    assert "identical_pair" in (tmp_path / "run" / "reward" / "rejected.jsonl").read_text(encoding="utf-8")
+    stats = json.loads((tmp_path / "run" / "instruct" / "stats.json").read_text(encoding="utf-8"))
+    row = stats["sources"][0]
+    assert row["in"] == 137 and row["reasons"]["low_reward"] == 34 and row["kept"] == 103  # floor(0.25 * 137)
+    dropped = [
+        json.loads(x) for x in (tmp_path / "run" / "instruct" / "dropped.jsonl").read_text().splitlines()
+    ]
+    low = [d for d in dropped if d["reason"] == "low_reward"]
+    kept = [
+        json.loads(x)
+        for x in (tmp_path / "run" / "instruct" / "data" / "train.jsonl").read_text().splitlines()
+    ]
+    assert max(d["score"] for d in low) <= min(k["reward"] for k in kept)

@@ -51,9 +51,10 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
         with (out / "rejected.jsonl").open("w", encoding="utf-8") as f:
             for rej in rejected:
                 f.write(json.dumps(rej.as_dict(), ensure_ascii=False) + "\n")
-    held = report.get("held_out", {})
+    held = report["held_out"]
     record.metrics = {"configured": True, "pairs": len(pairs), "rejected": len(rejected),
-                      "accuracy": held.get("accuracy"), "length_baseline": held.get("length_baseline")}  # fmt: skip
+                      "accuracy": held["reward_model"]["value"],
+                      "length_baseline": held["length_baseline"]["accuracy"]["value"]}  # fmt: skip
     record.outputs = {"model": "reward/model", "report": "reward/reward_report.md"}
     return record
 
