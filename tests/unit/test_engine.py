@@ -51,7 +51,8 @@ def test_batched_equals_one_at_a_time(engine):
         time.sleep(0.01)
     staggered = [r.result()[0] for r in staggered]
     for want, a, b in zip(ref, together, staggered, strict=True):
-        expected = engine.tokenizer.decode(want, skip_special_tokens=True)
+        # the engine drops one trailing U+FFFD: a character the length limit cut in half
+        expected = engine.tokenizer.decode(want, skip_special_tokens=True).removesuffix("\ufffd")
         assert a.text == expected and b.text == expected
         assert a.tokens == b.tokens == GREEDY.max_tokens and a.reason == "length"
     info = engine.load_info()

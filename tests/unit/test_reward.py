@@ -130,28 +130,17 @@ def test_training_learns_a_separable_preference(kind, tiny_bert, tiny_llama, tmp
     model = tiny_bert if kind == "encoder" else tiny_llama
     pairs = marker_pairs(64)
     report = train_reward(
-        pairs,
-        str(model),
-        tmp_path / "out",
-        epochs=6,
-        lr=2e-2,
-        batch_size=8,
-        max_length=64,
-        eval_share=0.25,
-        seed=0,
-        logging_steps=4,
-        save_steps=1000,
-        evaluate_during_training=False,
-    )
+        pairs, str(model), tmp_path / "out", epochs=6, lr=2e-2, batch_size=8, max_length=64, eval_share=0.25,
+        seed=0, logging_steps=4, save_steps=1000, evaluate_during_training=False,
+    )  # fmt: skip
     d = report["data"]
     assert (d["pairs_in"], d["train_pairs"] + d["held_out_pairs"], d["held_out_pairs"]) == (64, 64, 16)
     losses = [
         h["loss"] for h in json.loads((tmp_path / "out" / "log_history.json").read_text()) if "loss" in h
     ]
     assert losses[-1] < 0.5 * losses[0], losses
-    assert (
-        report["held_out"]["reward_model"]["value"] >= 0.9
-    )  # 1.0 here; one pair in 16 may go wrong elsewhere
+    # 1.0 here; allow one wrong pair in 16 for other platforms' arithmetic
+    assert report["held_out"]["reward_model"]["value"] >= 0.9
     assert report["held_out"]["margin"]["positive_share"] >= 0.9
     assert report["reward_read_at"] == ("its pooled head" if kind == "encoder" else "the last real token")
     for name in ("reward_report.json", "reward_report.md", "held_out_scores.jsonl", "model/config.json"):
@@ -165,7 +154,7 @@ def test_training_learns_a_separable_preference(kind, tiny_bert, tiny_llama, tmp
     )
     assert again == pytest.approx([held[0]["chosen"], held[0]["rejected"]], abs=1e-4)
     cfg = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
-    assert cfg["num_labels"] == 1 if "num_labels" in cfg else len(cfg["id2label"]) == 1
+    assert len(cfg["id2label"]) == 1
     assert cfg["pad_token_id"] is not None
 
 
@@ -182,16 +171,9 @@ def test_gradient_accumulation_takes_the_mean_over_all_pairs_of_a_step(tiny_bert
         model, _ = load_reward_model(str(tiny_bert))
         model.load_state_dict(model0.state_dict())
         args = training_arguments(
-            tmp_path / f"w{batch}",
-            batch_size=batch,
-            grad_accum=accum,
-            lr=1.0,
-            max_steps=1,
-            max_grad_norm=1e9,
-            evaluate=False,
-            save_steps=100,
-            lr_scheduler="constant",
-        )
+            tmp_path / f"w{batch}", batch_size=batch, grad_accum=accum, lr=1.0, max_steps=1, max_grad_norm=1e9,
+            evaluate=False, save_steps=100, lr_scheduler="constant",
+        )  # fmt: skip
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         trainer = RewardTrainer(
             model=model,

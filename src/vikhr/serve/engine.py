@@ -157,8 +157,8 @@ class _Seq:
             return
         before = tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
         after = tokenizer.decode(self.ids[self.prefix : end], skip_special_tokens=True)
-        if final:  # a character the length limit cut in half is dropped, not shown as U+FFFD
-            after = after.rstrip("\ufffd")
+        if final:  # a character the length limit cut in half (one U+FFFD at the very end) is dropped
+            after = after.removesuffix("\ufffd")
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
             self.text += after[len(before) :]
             self.prefix, self.read = self.read, end
