@@ -106,3 +106,35 @@ def test_sft_without_data_or_model_is_a_clear_error(tiny_smollm, tmp_path):
     cfg = load_config(tiny_run_config(tmp_path, tiny_smollm))
     with pytest.raises(FileNotFoundError, match="pretrain stage first"):
         pipeline.run(cfg, "sft", "sft")
+
+
+MISTRAL_STRICT = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ raise_exception('system messages are not supported') }}{% elif message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+"""Mistral-Instruct's common template, which refuses a system message."""
+
+
+@pytest.mark.slow
+def test_conversations_the_template_cannot_render_are_counted_and_written(tiny_mistral, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"Вопрос {i}?"}, {"role": "assistant", "content": f"Ответ {i}."}]}
+            for i in range(8)]  # fmt: skip
+    rows += [{"messages": [{"role": "system", "content": "Ты помощник."}, {"role": "user", "content": "Привет"},
+                           {"role": "assistant", "content": "Здравствуйте"}]}] * 2  # fmt: skip
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    settings = {"sft": {"model": str(tiny_mistral), "data": [str(data)], "max_steps": 1, "prompts": "",
+                        "chat_template": MISTRAL_STRICT, "eval_share": 0.2}}  # fmt: skip
+    cfg = load_config(tiny_run_config(tmp_path, tiny_mistral, settings))
+    pipeline.run(cfg, "sft", "sft")
+    out = tmp_path / "run" / "sft"
+    report = json.loads((out / "sft_report.json").read_text(encoding="utf-8"))
+    assert report["data"]["template_errors"] == 2 and report["data"]["truncated_away"] == 0
+    dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [d["reason"] for d in dropped] == ["template_error", "template_error"]
+    assert "system messages are not supported" in dropped[0]["detail"]
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out / "model").chat_template == MISTRAL_STRICT

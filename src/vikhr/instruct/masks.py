@@ -355,16 +355,29 @@ class MaskStats:
 
 
 def encode_all(
-    tokenizer: Any, conversations: Iterable[Messages], template: str, max_length: int
-) -> tuple[list[Encoded], MaskStats]:
-    """`encode_conversation` for each conversation, in order, none dropped; counts in the MaskStats."""
+    tokenizer: Any,
+    conversations: Iterable[Messages],
+    template: str,
+    max_length: int,
+    errors: list[tuple[int, str]] | None = None,
+) -> tuple[list[Encoded | None], MaskStats]:
+    """`encode_conversation` for each conversation, in order, none dropped; counts in the MaskStats. With `errors`
+    given, a conversation the template cannot render (or whose replies cannot be located) gets None in its place
+    and `(index, message)` appended to `errors` instead of raising."""
     _require_fast(tokenizer)
     eot = end_of_turn(tokenizer, template)
     add_bos = _added_bos(tokenizer) is not None
     stats = MaskStats()
-    out = []
-    for messages in conversations:
-        enc = encode_conversation(tokenizer, messages, template, max_length, eot=eot, add_bos=add_bos)
+    out: list[Encoded | None] = []
+    for i, messages in enumerate(conversations):
+        try:
+            enc = encode_conversation(tokenizer, messages, template, max_length, eot=eot, add_bos=add_bos)
+        except ChatTemplateError as e:
+            if errors is None:
+                raise
+            errors.append((i, str(e)))
+            out.append(None)
+            continue
         stats.add(enc)
         out.append(enc)
     if stats.straddling:

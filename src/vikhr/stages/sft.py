@@ -171,10 +171,17 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
     specs, source = data_specs(cfg, rundir)
     examples, rejected = read_data(cfg, specs)
     train_ex, eval_ex = split_examples(examples, s.eval_share, s.seed)
-    enc_train, mask_train = encode_all(tok, [e.messages for e in train_ex], template, s.seq_len)
-    enc_eval, mask_eval = encode_all(tok, [e.messages for e in eval_ex], template, s.seq_len)
-    away = [(e, "truncated_away") for e, x in zip(train_ex + eval_ex, enc_train + enc_eval, strict=True)
-            if x.answer_tokens == 0]  # fmt: skip
+    bad_train: list[tuple[int, str]] = []
+    bad_eval: list[tuple[int, str]] = []
+    enc_train, mask_train = encode_all(tok, [e.messages for e in train_ex], template, s.seq_len, bad_train)
+    enc_eval, mask_eval = encode_all(tok, [e.messages for e in eval_ex], template, s.seq_len, bad_eval)
+    away = [(train_ex[i], "template_error", msg) for i, msg in bad_train]
+    away += [(eval_ex[i], "template_error", msg) for i, msg in bad_eval]
+    away += [(e, "truncated_away", f"no answer token left within seq_len={s.seq_len}")
+             for e, x in zip(train_ex + eval_ex, enc_train + enc_eval, strict=True)
+             if x is not None and x.answer_tokens == 0]  # fmt: skip
+    enc_train = [x for x in enc_train if x is not None]
+    enc_eval = [x for x in enc_eval if x is not None]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids(eot)
     train_rows, pack_stats = packed_rows([x for x in enc_train if x.answer_tokens], s.seq_len, pad_id, "pad")
     eval_rows, _ = packed_rows([x for x in enc_eval if x.answer_tokens], s.seq_len, pad_id, "pad")
@@ -182,7 +189,7 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
         del eval_rows[s.eval_max_rows :]
     if not train_rows:
         raise ValueError(f"sft: no trainable example in {source} ({len(examples)} examples, {len(away)} truncated "
-                         f"away at seq_len={s.seq_len}, {len(rejected)} records rejected)")  # fmt: skip
+                         f"away at seq_len={s.seq_len} or not renderable, {len(rejected)} records rejected)")  # fmt: skip
     timings["data_s"] = time.perf_counter() - t0
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
@@ -217,7 +224,8 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
 
     data = {"source": source, "model": model_dir, "model_origin": origin, "examples": len(examples),
             "rejected_records": len(rejected), "train_examples": len(train_ex), "eval_examples": len(eval_ex),
-            "truncated_away": len(away), "masks": {"train": mask_train.as_dict(), "held_out": mask_eval.as_dict()},
+            "truncated_away": sum(r == "truncated_away" for _, r, _ in away),
+            "template_errors": sum(r == "template_error" for _, r, _ in away), "masks": {"train": mask_train.as_dict(), "held_out": mask_eval.as_dict()},
             "packing": pack_stats.as_dict(), "rows": len(train_rows), "eval_rows": len(eval_rows),
             "steps": steps, "world_size": world, "resumed_from": last, "end_of_turn": eot}  # fmt: skip
     report = {"data": data, "settings": to_dict(s), "train": result.metrics,
@@ -238,12 +246,12 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
         with (out / "dropped.jsonl").open("w", encoding="utf-8") as f:
             for r in rejected:
                 f.write(json.dumps(r.as_dict() | {"stage": "read"}, ensure_ascii=False) + "\n")
-            for e, reason in away:
+            for e, reason, detail in away:
                 f.write(json.dumps({"source": e.source, "id": e.id, "where": e.where, "reason": reason,
-                                    "detail": f"no answer token left within seq_len={s.seq_len}",
-                                    "messages": e.messages}, ensure_ascii=False) + "\n")  # fmt: skip
+                                    "detail": detail, "messages": e.messages}, ensure_ascii=False) + "\n")  # fmt: skip
     record.metrics = {"steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4),
-                      "held_out_answer_loss": report["held_out_answer_loss"], "truncated_away": len(away),
+                      "held_out_answer_loss": report["held_out_answer_loss"],
+                      "truncated_away": data["truncated_away"], "template_errors": data["template_errors"],
                       "answers": {k: {m: v[m] for m in ("stop_share", "latin_share")}
                                   for k, v in report["answers"].items()}, "timings": report["timings"]}  # fmt: skip
     record.outputs = {"model": "sft/model", "report": "sft/sft_report.md"}
@@ -306,7 +314,7 @@ def markdown(report: dict) -> str:
         "# Instruction tuning (SFT)", "",
         f"Model: {d['model']} ({d['model_origin']}); data: {d['train_examples']} training and {d['eval_examples']} "
         f"held-out examples from {d['source']} ({d['rejected_records']} records rejected, {d['truncated_away']} "
-        f"truncated away at seq_len {s['seq_len']}); {d['rows']} packed rows, {d['steps']} optimizer steps on "
+        f"truncated away at seq_len {s['seq_len']}, {d.get('template_errors', 0)} the template cannot render); {d['rows']} packed rows, {d['steps']} optimizer steps on "
         f"{d['world_size']} process(es); {'LoRA r=' + str(s['lora_r']) if s['lora'] else 'all weights'}.", "",
         f"Loss only on assistant replies and their end-of-turn token (`{d['end_of_turn']}`): "
         f"{d['masks']['train']['answer_tokens']:,} of "
