@@ -593,6 +593,38 @@ class EvaluateConfig:
 
 
 @dataclass
+class ComputeConfig:
+    """The hardware `vikhr run --dry-run` plans for: tokens, steps, FLOPs, GPU-hours and per-GPU memory per stage
+    (`vikhr.compute`). Training does not read these; they only size the plan."""
+
+    gpus: int = 8
+    """GPUs the training stages run on (also the world size in tokens per optimizer step)."""
+    gpu: str = "A100-80GB"
+    """Name of the card, for the printout."""
+    gpu_memory_gb: float = 80.0
+    """Memory of one card (GB = 1e9 bytes)."""
+    peak_tflops: float = 312.0
+    """Dense bf16 peak of one card in TFLOP/s (A100: 312, H100 SXM: 989)."""
+    mfu: float = 0.4
+    """Model-FLOPs utilisation assumed for GPU-hours (achieved FLOP/s ÷ peak)."""
+    strategy: Literal["fsdp", "zero3", "ddp"] = "fsdp"
+    """How weights, gradients and optimizer states are split across the GPUs in the memory estimate (`fsdp` and
+    `zero3`: fully sharded; `ddp`: every GPU holds everything)."""
+    pretrain_tokens: float = 0
+    """Training tokens of continued pre-training to plan for (0: `pretrain.max_steps` × tokens per step, else
+    `pretrain.epochs` × the tokens estimated from the corpus' size)."""
+    sft_tokens: float = 0
+    """Training tokens of one SFT epoch to plan for (0: estimated from the instruction sources' size)."""
+    chars_per_token: float = 0
+    """Characters per token of the new vocabulary for the estimate (0: the tokenizer stage's measured value when it
+    ran, else 3.5)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, gpus="> 0", gpu_memory_gb="> 0", peak_tflops="> 0", mfu="(0, 1]",
+                     pretrain_tokens=">= 0", sft_tokens=">= 0", chars_per_token=">= 0")  # fmt: skip
+
+
+@dataclass
 class Config:
     """One experiment: where to run, which base model, and each stage's settings."""
 
@@ -605,6 +637,9 @@ class Config:
     """Target language code."""
     log_level: str = "INFO"
     """Logging level."""
+    stages: list[str] = field(default_factory=list)
+    """The stages this config runs, in pipeline order (empty: all of them). A stage left out is not run; a stage
+    that reads its output needs it finished in the run directory already."""
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     transplant: TransplantConfig = field(default_factory=TransplantConfig)
@@ -615,6 +650,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     config_path: str = field(default="", metadata={"internal": True})
     """Where the config was read from (set by the loader)."""
     base_path: str = field(default="", metadata={"internal": True})
