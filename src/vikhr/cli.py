@@ -16,7 +16,7 @@ EVAL_SUBCOMMANDS = ("tasks", "translate", "sbs")
 SUBCOMMANDS = {
     ("corpus", "annotate"): "corpus-annotate", ("instruct", "build"): "instruct",
     ("instruct", "translate"): "instruct-translate", ("reward", "train"): "reward-train",
-    ("reward", "score"): "reward-score",
+    ("reward", "score"): "reward-score", ("export", "gguf"): "export-gguf",
 }  # fmt: skip
 """`vikhr A B ...` -> `vikhr C ...`: subcommands of a stage command (`vikhr instruct build` is the stage itself)."""
 
@@ -55,9 +55,33 @@ def cmd_run(args) -> int:
     if args.dry_run:
         for p in steps:
             sys.stdout.write(f"{p.name}\t{p.action}\t{p.reason}\n")
+        from vikhr.compute import compute_plan, format_plan
+
+        sys.stdout.write("\n" + format_plan(compute_plan(cfg, pipeline.open_rundir(cfg))) + "\n")
     else:
         _print_status(pipeline.status(cfg))
+        _print_outcome(cfg)
     return 0
+
+
+def _print_outcome(cfg) -> None:
+    """Where the report and the final model are, and the line that starts a chat with it."""
+    from vikhr import pipeline
+
+    rundir = pipeline.open_rundir(cfg)
+    lines = []
+    for name in ("report.html", "report.md"):
+        if (rundir.stage_dir("report") / name).is_file():
+            lines.append(f"report:  {rundir.stage_dir('report') / name}")
+    final = next(
+        (rundir.stage_dir(s) / "model" for s in ("sft", "pretrain", "transplant")
+         if rundir.is_done(s) and (rundir.stage_dir(s) / "model" / "config.json").is_file()),
+        None,
+    )  # fmt: skip
+    if final is not None:
+        lines += [f"model:   {final}", f"chat:    vikhr chat {final}"]
+    if lines:
+        sys.stdout.write("\n" + "\n".join(lines) + "\n")
 
 
 def cmd_stage(args) -> int:
@@ -342,7 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start", choices=stage_names(), help="first stage to run")
     p.add_argument("--to", dest="stop", choices=stage_names(), help="last stage to run")
     p.add_argument("--force", action="append", choices=stage_names(), help="rerun this stage (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="print what would run and why, run nothing")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="validate the config, print what would run and why and the compute plan (tokens, steps, FLOPs, "
+        "GPU-hours, per-GPU memory); downloads and runs nothing",
+    )  # fmt: skip
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="each stage's state and key metrics")
@@ -401,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     from vikhr.merge import add_merge_command
 
     add_merge_command(sub)
+
+    from vikhr.ablate import add_ablate_command
+    from vikhr.export.gguf import add_export_command
+
+    add_ablate_command(sub)
+    add_export_command(sub)
     return parser
 
 

@@ -240,6 +240,9 @@ class CorpusConfig:
     follows `data.on_decode_error`."""
     on_bad_record: Literal["error", "skip"] = "skip"
     """A broken JSON line, a missing field or column: stop (`error`) or record it as dropped and go on."""
+    filtering: bool = True
+    """False: keep every paragraph read (no heuristic filters, no deduplication, no quality filter) — the unfiltered
+    arm of the paper's Table 8 (`vikhr ablate --preset filter`)."""
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
@@ -357,6 +360,12 @@ class TrainConfig:
     float32 elsewhere)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
+    launcher: str = ""
+    """Run this stage under `accelerate launch` when `vikhr run` (or the stage command) reaches it: `ddp`,
+    `fsdp`, `zero2`, `zero3` (vikhr/configs/accelerate) or an accelerate config YAML; empty: in this process.
+    Not part of the fingerprint (the same training, spread differently); `--launcher` on the command line wins."""
+    num_processes: int = 0
+    """Processes (GPUs) for `launcher` (0: every visible GPU)."""
     attn_implementation: str = "sdpa"
     """Attention kernel (`sdpa`, `eager`, `flash_attention_2`)."""
     eval_share: float = 0.02
@@ -383,7 +392,7 @@ class TrainConfig:
             self, eval_share="[0, 1)", eval_max_rows=">= 0", seq_len="> 1", batch_size="> 0", grad_accum="> 0",
             epochs="> 0", max_steps=">= 0", lr="> 0", warmup_steps=">= 0", weight_decay=">= 0",
             adam_beta1="[0, 1)", adam_beta2="[0, 1)", adam_eps="> 0", max_grad_norm=">= 0", logging_steps="> 0",
-            eval_steps=">= 0", save_steps=">= 0", save_total_limit=">= 0",
+            eval_steps=">= 0", save_steps=">= 0", save_total_limit=">= 0", num_processes=">= 0",
         )  # fmt: skip
 
 
@@ -450,6 +459,9 @@ class InstructConfig:
 
     sources: dict[str, InstructSource] = field(default_factory=dict)
     """Name -> source; earlier sources win a duplicate. Empty: the bundled Russian seed tasks."""
+    use: list[str] = field(default_factory=list)
+    """Names of the `sources` mixed in (empty: all of them) — the paper's Table 10 compares instruction sets this
+    way (`vikhr ablate --preset instruct`)."""
     dedup: DedupConfig = field(default_factory=lambda: DedupConfig(min_words=4))
     """Exact and near-duplicate removal of prompts across sources (the corpus stage's dedup)."""
     reward_model: str = ""
@@ -651,6 +663,8 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    overrides: list[str] = field(default_factory=list, metadata={"internal": True})
+    """The `key=value` overrides it was loaded with (a relaunch under `accelerate launch` passes them on)."""
     config_path: str = field(default="", metadata={"internal": True})
     """Where the config was read from (set by the loader)."""
     base_path: str = field(default="", metadata={"internal": True})
@@ -808,6 +822,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     cfg = _build(Config, data, "", where)
     _apply_presets(cfg, where)
     cfg.config_path = str(path) if path is not None else ""
+    cfg.overrides = list(overrides or [])
     cfg.base_path = str(base)
     return cfg
 

@@ -214,3 +214,19 @@ def test_slurm_executor_is_rejected_naming_the_key(tmp_path):
         load_config(None, ["corpus.executor=slurm"])
     with pytest.raises(ValueError, match=r"unknown corpus\.executor 'slurm' \(local, ray\)"):
         make_executor([], name="x", tasks=1, opts=ExecutorOptions("slurm", tmp_path))
+
+
+def test_filtering_off_keeps_every_paragraph_read(corpus_dir):
+    """The unfiltered arm of Table 8: no heuristic filter, no dedup; only unreadable records are dropped."""
+    root, cfg_path = corpus_dir
+    cfg = load_config(cfg_path, ["corpus.filtering=false"])
+    from vikhr.stages import corpus
+
+    corpus.run(cfg, pipeline.open_rundir(cfg))
+    out = root / "run" / "corpus"
+    reasons = {d["reason"] for d in pq.read_table(out / "dropped").to_pylist()}
+    assert reasons <= {"broken_json", "missing_column", "empty_file"} and "broken_json" in reasons
+    kept = pq.read_table(out / "data").to_pylist()
+    b = next(d for d in kept if d["id"] == "books/b.txt")["text"].split("\n")
+    assert b[0] == chekhov_paragraphs(60)[0]  # the exact duplicate is kept
+    assert b[-1].startswith("This paragraph is written in English")  # and the Latin-script line

@@ -43,6 +43,8 @@ log = get_logger(__name__)
 
 NAME = "corpus"
 VERSION = 1
+DEPENDS: tuple[str, ...] = ()
+"""Stages whose output this one reads: it reruns when one of them does."""
 
 DATA_COLUMNS = ("id", "source", "doc", "text", "paragraphs", "chars")
 SMALL_CORPUS_BYTES = 32 << 20
@@ -102,21 +104,27 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
                         exclusion_writer=JsonlWriter(str(work / "dropped" / "filters"))),
         JsonlWriter(str(work / "paragraphs")),
     ]  # fmt: skip
+    if not c.filtering:  # the unfiltered baseline: every paragraph read is kept
+        read.pop(1)
     make_executor(read, name="read", tasks=tasks, opts=opts).run()
     timings["read_filter_s"] = time.perf_counter() - t0
     read_stats = load_read_stats(work / "stats")
     if not any(v["paragraphs"] for v in read_stats.values()):
         raise InputError(_nothing_read(work / "dropped" / "read", files))
 
-    t0 = time.perf_counter()
-    dedup = run_dedup(
-        work / "paragraphs", work / "deduped", work / "dropped" / "dedup", work / "dedup",
-        opts=c.dedup, executor=opts, tasks=tasks,
-    )  # fmt: skip
-    timings["dedup_s"] = time.perf_counter() - t0
-    kept_dir = work / "deduped"
+    if c.filtering:
+        t0 = time.perf_counter()
+        dedup = run_dedup(
+            work / "paragraphs", work / "deduped", work / "dropped" / "dedup", work / "dedup",
+            opts=c.dedup, executor=opts, tasks=tasks,
+        )  # fmt: skip
+        timings["dedup_s"] = time.perf_counter() - t0
+        kept_dir = work / "deduped"
+    else:
+        dedup = {"skipped": "corpus.filtering is off"}
+        kept_dir = work / "paragraphs"
 
-    if c.quality.filter:
+    if c.quality.filter and c.filtering:
         from vikhr.corpus.steps_quality import QualityScorer
 
         t0 = time.perf_counter()

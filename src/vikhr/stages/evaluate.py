@@ -21,6 +21,12 @@ log = get_logger(__name__)
 
 NAME = "evaluate"
 VERSION = 1
+DEPENDS: tuple[str, ...] = ("transplant", "pretrain", "sft")
+"""Stages whose models this one can evaluate (`depends(cfg)`: those `evaluate.models` names)."""
+
+
+def depends(cfg: Config) -> tuple[str, ...]:
+    return tuple(m for m in cfg.evaluate.models if m != "source")
 
 
 def run_models(cfg: Config, rundir: RunDir) -> dict[str, str]:

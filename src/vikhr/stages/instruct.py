@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from vikhr.config import Config, InstructSource, resolve_path, to_dict
+from vikhr.config import Config, ConfigError, InstructSource, resolve_path, to_dict
 from vikhr.log import get_logger
 from vikhr.manifest import StageRecord, path_fingerprint, write_json_atomic
 from vikhr.rundir import RunDir
@@ -30,15 +30,31 @@ log = get_logger(__name__)
 
 NAME = "instruct"
 VERSION = 1
+DEPENDS: tuple[str, ...] = ("reward", "tokenizer")  # reward filter; token counts
+"""Stages whose output this one reads: it reruns when one of them does."""
+SOFT: tuple[str, ...] = ("tokenizer",)
+"""Of those, the ones read only when they finished (else `data.*` / the base tokenizer)."""
+
+
+def depends(cfg: Config) -> tuple[str, ...]:
+    """This run's reward model when `instruct.reward_model: reward`; the run's tokenizer for the token counts."""
+    return (("reward",) if cfg.instruct.reward_model == "reward" else ()) + ("tokenizer",)
 BUNDLED_SEEDS = "bundled:instruct/ru_seed_tasks.jsonl"
 """The rulm Russian seed tasks shipped with the package (Apache-2.0): the default source."""
 
 
 def instruct_sources(cfg: Config) -> dict[str, InstructSource]:
-    """`instruct.sources`, or the bundled Russian seed tasks when none are configured."""
-    if cfg.instruct.sources:
-        return dict(cfg.instruct.sources)
-    return {"ru_seed_tasks": InstructSource(path=[BUNDLED_SEEDS], format="seed", language="ru")}
+    """`instruct.sources` (those `instruct.use` names, when it names any), or the bundled Russian seed tasks when
+    none are configured."""
+    srcs = dict(cfg.instruct.sources) or {
+        "ru_seed_tasks": InstructSource(path=[BUNDLED_SEEDS], format="seed", language="ru")
+    }
+    unknown = [u for u in cfg.instruct.use if u not in srcs]
+    if unknown:
+        raise ConfigError(
+            f"instruct.use names {', '.join(map(repr, unknown))}, not among instruct.sources ({', '.join(srcs)})"
+        )
+    return {k: v for k, v in srcs.items() if not cfg.instruct.use or k in cfg.instruct.use}
 
 
 def read_sources(cfg: Config) -> tuple[list, list]:

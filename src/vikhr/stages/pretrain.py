@@ -44,6 +44,10 @@ log = get_logger(__name__)
 
 NAME = "pretrain"
 VERSION = 2  # 2: resume keyed on the full fingerprint; mixed precision from vikhr.precision
+DEPENDS: tuple[str, ...] = ("transplant", "corpus")
+"""Stages whose output this one reads: it reruns when one of them does."""
+SOFT: tuple[str, ...] = ("corpus",)
+"""Of those, the ones read only when they finished (else `data.*` / the base tokenizer)."""
 WORK = "pretrain.work"
 
 
@@ -109,7 +113,7 @@ def check_vocab(model, tok, where: Path) -> None:
         )
 
 
-COSMETIC = ("resume", "report_to", "logging_steps", "save_total_limit")
+COSMETIC = ("resume", "report_to", "logging_steps", "save_total_limit", "launcher", "num_processes")
 """Pretrain settings that do not change the trained weights (a run may resume across a change of these)."""
 
 
@@ -251,7 +255,8 @@ def inputs(cfg: Config) -> dict:
 
 
 def config_section(cfg: Config) -> dict:
-    out = {"pretrain": to_dict(cfg.pretrain), "data": to_dict(cfg.data)}
+    train = {k: v for k, v in to_dict(cfg.pretrain).items() if k not in ("launcher", "num_processes")}
+    out = {"pretrain": train, "data": to_dict(cfg.data)}
     if cfg.pretrain.reference == "base":
         out["source_model"] = cfg.source_model
     return out

@@ -23,6 +23,8 @@ log = get_logger(__name__)
 
 NAME = "reward"
 VERSION = 1
+DEPENDS: tuple[str, ...] = ()
+"""Stages whose output this one reads: it reruns when one of them does."""
 
 
 def run(cfg: Config, rundir: RunDir) -> StageRecord:

@@ -42,7 +42,18 @@ log = get_logger(__name__)
 
 NAME = "sft"
 VERSION = 1
+DEPENDS: tuple[str, ...] = ("pretrain", "instruct")
+"""Stages whose output this one can read (`depends(cfg)`: those it reads under a given config)."""
+
+
+def depends(cfg: Config) -> tuple[str, ...]:
+    """The pre-trained model unless `sft.model` names another; the instruction mix unless `sft.data` is given."""
+    return (() if cfg.sft.model else ("pretrain",)) + (() if cfg.sft.data else ("instruct",))
+
+
 COSMETIC = (
+    "launcher",
+    "num_processes",
     "resume",
     "report_to",
     "logging_steps",
@@ -349,4 +360,4 @@ def inputs(cfg: Config) -> dict:
 
 
 def config_section(cfg: Config) -> dict:
-    return {"sft": to_dict(cfg.sft)}
+    return {"sft": {k: v for k, v in to_dict(cfg.sft).items() if k not in ("launcher", "num_processes")}}

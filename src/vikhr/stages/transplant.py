@@ -35,6 +35,10 @@ log = get_logger(__name__)
 
 NAME = "transplant"
 VERSION = 2  # 2: calibration reads the corpus output; compute dtype from vikhr.precision
+DEPENDS: tuple[str, ...] = ("tokenizer", "corpus")  # the new vocabulary; calibration text from the corpus
+"""Stages whose output this one reads: it reruns when one of them does."""
+SOFT: tuple[str, ...] = ("corpus",)
+"""Of those, the ones read only when they finished (else `data.*` / the base tokenizer)."""
 
 
 def _tokenizer_dir(rundir: RunDir) -> Path:
