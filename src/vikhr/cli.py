@@ -57,7 +57,10 @@ def cmd_run(args) -> int:
             sys.stdout.write(f"{p.name}\t{p.action}\t{p.reason}\n")
         from vikhr.compute import compute_plan, format_plan
 
-        sys.stdout.write("\n" + format_plan(compute_plan(cfg, pipeline.open_rundir(cfg))) + "\n")
+        from vikhr.config import resolve_path
+
+        plan = compute_plan(cfg, resolve_path(cfg, cfg.run_dir))
+        sys.stdout.write("\n" + format_plan(plan) + "\n")
     else:
         _print_status(pipeline.status(cfg))
         _print_outcome(cfg)
