@@ -171,10 +171,12 @@ def plan(
         if action == "run":
             runs.add(stage.NAME)
             soft = set(getattr(stage, "SOFT", ()))  # read only when finished
-            missing = [d for d in deps if d not in selected and d not in soft and not rundir.is_done(d)]
+            missing = [
+                d for d in deps if d not in selected and d not in soft and not rundir.stage_dir(d).is_dir()
+            ]
             if missing and check:
                 raise ConfigError(
-                    f"stage {stage.NAME} reads the output of {', '.join(missing)}, which is not finished in "
+                    f"stage {stage.NAME} reads the output of {', '.join(missing)}, which has no output folder in "
                     f"{rundir.path} and not among the stages to run ({', '.join(selected)}): run it first"
                 )
         out.append(Plan(stage.NAME, fp, action, reason))
