@@ -275,8 +275,8 @@ def _launched(cfg: Config, rundir: RunDir, p: Plan) -> bool:
     """Run a training stage whose config names a `launcher` under `accelerate launch` (the child processes run
     `vikhr <stage>` with the same config and overrides and write the manifest record); False when the stage should
     run in this process."""
-    from vikhr.train.dist import under_launcher
     from vikhr.train import launch
+    from vikhr.train.dist import under_launcher
 
     section = getattr(cfg, p.name, None)
     launcher = getattr(section, "launcher", "")

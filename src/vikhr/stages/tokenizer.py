@@ -28,12 +28,16 @@ from vikhr.stages.common import (
     target_specs,
 )
 from vikhr.tokenizer import build, spm
-from vikhr.tokenizer.report import default_tokenizers, efficiency_report, write_report
+from vikhr.tokenizer.report import dedupe_tokenizers, default_tokenizers, efficiency_report, write_report
 
 log = get_logger(__name__)
 
 NAME = "tokenizer"
 VERSION = 2  # bump when the stage's output format or algorithm changes
+DEPENDS: tuple[str, ...] = ("corpus",)  # trains on the corpus stage's output when it ran
+"""Stages whose output this one reads: it reruns when one of them does."""
+SOFT: tuple[str, ...] = ("corpus",)
+"""Of those, the ones read only when they finished (else `data.*` / the base tokenizer)."""
 
 
 def _read_paragraphs(
@@ -228,8 +232,13 @@ def run(cfg: Config, rundir: RunDir) -> StageRecord:
         if base_tok is not None:
             compare[base_name] = base_tok
         compare[f"vikhr-{t.mode}"] = tok
-        compare.update(others)
+        for name, spec in others.items():  # a shared folder named like the run's own keeps the run's label
+            compare.setdefault(name, spec)
+        # the same tokenizer under two names (the base and a shared copy of it) is measured and drawn once
+        compare, same = dedupe_tokenizers(compare, protected=(base_name, f"vikhr-{t.mode}"))
         report = efficiency_report(compare, texts)
+        if same:
+            report["duplicates"] = same
         write_report(report, out / "report", title=f"Tokenizer efficiency ({t.mode}, {len(tok)} tokens)")
         timings["report_s"] = time.perf_counter() - t0
 

@@ -6,6 +6,7 @@ characters, words, UTF-8 bytes and tokens (no special tokens), written as JSON, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -188,6 +189,61 @@ def split_example(tokenizer: Any, sentence: str) -> list[str]:
     return out
 
 
+def vocabulary_signature(tokenizer: Any) -> str:
+    """A hash of a tokenizer's vocabulary (pieces and ids, or pieces and scores) and merges.
+
+    Two folders holding the same tokenizer under different names (the run's base model and a shared copy of it, a
+    model and its instruct variant) measure identically and would show up twice in the comparison; their
+    signatures are equal. Normalizer, pre-tokenizer and added tokens are left out on purpose: the same vocabulary
+    saved by another tool (a GGUF import, an older transformers) differs there but not in what it splits.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        model = json.loads(backend.to_str()).get("model", {})
+        vocab = model.get("vocab")
+        vocab = sorted(vocab.items()) if isinstance(vocab, dict) else vocab
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+        data = {"type": model.get("type"), "vocab": vocab, "merges": merges}
+    else:
+        data = {"type": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items())}
+    blob = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def _plain_name(name: str) -> str:
+    """A display name without the `base: ` prefix and case: the run's `base: smollm2-135m-instruct` and a shared
+    folder `smollm2-135m-instruct` are the same name."""
+    return name.removeprefix("base: ").strip().lower()
+
+
+def dedupe_tokenizers(
+    tokenizers: dict[str, str | Path | Any], protected: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tokenizers loaded (`load_tokenizer` for specs), each distinct one once, and {left-out name: the name it
+    duplicates}.
+
+    Earlier entries win, so a caller puts its own labels first (the run's base and new tokenizer before the shared
+    folders). A later entry is left out when it has the same vocabulary and merges (`vocabulary_signature`) or the
+    same name as an earlier one; names in `protected` are always kept (the stage reads their rows back).
+    """
+    kept: dict[str, Any] = {}
+    same: dict[str, str] = {}
+    by_signature: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+    for name, spec in tokenizers.items():
+        tok = load_tokenizer(spec) if isinstance(spec, str | Path) else spec
+        sig = vocabulary_signature(tok)
+        twin = by_signature.get(sig) or by_name.get(_plain_name(name))
+        if twin is not None and name not in protected:
+            logger.info("tokenizer report: %s is the same tokenizer as %s; shown once", name, twin)
+            same[name] = twin
+            continue
+        kept[name] = tok
+        by_signature.setdefault(sig, name)
+        by_name.setdefault(_plain_name(name), name)
+    return kept, same
+
+
 def efficiency_report(
     tokenizers: dict[str, str | Path | Any],
     texts: dict[str, list[str]],
@@ -304,6 +360,9 @@ def write_report(
     _atomic_write(paths["json"], lambda tmp: tmp.write_text(text, encoding="utf-8"))
     md = f"# {title}\n\nCharacters per token, tokens per word and bytes per token (no special tokens).\n\n"
     md += markdown_table(report)
+    if report.get("duplicates"):
+        same = ", ".join(f"{a} (= {b})" for a, b in report["duplicates"].items())
+        md += f"\nLeft out as the same vocabulary and merges as a tokenizer above: {same}.\n"
     _atomic_write(paths["markdown"], lambda tmp: tmp.write_text(md, encoding="utf-8"))
     plot_efficiency(report, paths["png"], title)
     logger.info("tokenizer report written to %s", out_dir)

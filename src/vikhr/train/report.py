@@ -47,38 +47,102 @@ def finish_model_folder(folder: Path, tokenizer_from: Path) -> None:
             )
 
 
-def loss_plot(log_history: list[dict], path: Path) -> Path | None:
-    """Training loss, CE and KL, and held-out losses against the optimizer step, as a PNG."""
-    import matplotlib
+FEW_POINTS = 3
+"""A training curve with fewer logged points than this gets the run's mean loss drawn across it and a note."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _eval_keys(evals: list[dict]) -> list[str]:
+    """Held-out curves to draw: the KL trainer's `eval_<set>_ce`, else a plain Trainer's `eval_<set>_loss`."""
+    keys = sorted({k for h in evals for k in h if k.startswith("eval_") and k.endswith("_ce")})
+    if keys:
+        return keys
+    return sorted({k for h in evals for k in h if k.startswith("eval_") and k.endswith("_loss")})
+
+
+def _points(n: int) -> str:
+    return f"{n} point" if n == 1 else f"{n} points"
+
+
+def loss_plot(
+    log_history: list[dict], path: Path, *, title: str | None = None, logging_steps: int | None = None
+) -> Path | None:
+    """Training loss (and CE when it differs), held-out CE, and KL or the learning rate against the optimizer step,
+    as a PNG; None when the history has nothing to draw.
+
+    Short runs log few points (12 steps logged every 10 leave one point per curve), and a line through one point
+    draws nothing. So every logged point gets a marker, the x-axis spans the whole run (the last step the Trainer
+    recorded, not the last logged one), a training curve with fewer than `FEW_POINTS` points gets the run's mean
+    training loss (the Trainer's closing `train_loss`) drawn across the run, and the legend and a note say how many
+    points each curve has. The Trainer's `log_history` is the only record of the run; a denser curve needs a lower
+    `logging_steps` (given, it is named in the note)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     train = [h for h in log_history if "loss" in h and "step" in h]
-    evals = [h for h in log_history if any(k.startswith("eval_") and k.endswith("_loss") for k in h)]
-    if not train and not evals:
+    evals = [h for h in log_history if "step" in h and any(k.startswith("eval_") for k in h)]
+    summary = next((h for h in reversed(log_history) if "train_loss" in h), None)
+    eval_keys = _eval_keys(evals)
+    if not train and not eval_keys and summary is None:
         return None
-    fig, (ax, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
+    last = max((h.get("step", 0) for h in log_history), default=0) or 1
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.subplots(1, 2)
+
+    def draw(axis, pts: list[tuple[float, float]], fmt: str, label: str, color: str) -> None:
+        if not pts:
+            return
+        xs, ys = zip(*pts, strict=True)
+        every = max(len(pts) // 60, 1)  # markers stay readable on a long run
+        axis.plot(
+            xs, ys, fmt, color=color, markersize=5, markevery=every, label=f"{label} ({_points(len(pts))})"
+        )
+
     steps = [h["step"] for h in train]
-    for key, style in (("loss", "-"), ("ce", "--")):
-        if train and key in train[0]:
-            ax.plot(steps, [h[key] for h in train], style, label=f"train {key}")
-    for key in sorted({k for h in evals for k in h if k.startswith("eval_") and k.endswith("_ce")}):
-        pts = [(h["step"], h[key]) for h in evals if key in h]
-        ax.plot(*zip(*pts, strict=True), "o-", label=key.replace("eval_", "held-out ").replace("_ce", " CE"))
+    draw(ax, list(zip(steps, [h["loss"] for h in train], strict=True)), "o-", "train loss", "C0")
+    ce = [(h["step"], h["ce"]) for h in train if "ce" in h]
+    if any(abs(c - h["loss"]) > 1e-6 for (_, c), h in zip(ce, train, strict=False)):
+        draw(ax, ce, "s--", "train CE", "C1")
+    for i, key in enumerate(eval_keys):
+        pts = list({h["step"]: h[key] for h in evals if key in h}.items())  # one point per step: the last
+        name = key.removeprefix("eval_").removesuffix("_ce").removesuffix("_loss")
+        name = "" if name == "held_out" else f"{name} "
+        draw(ax, pts, "D-", f"held-out {name}{'CE' if key.endswith('_ce') else 'loss'}", f"C{i + 2}")
+    if len(train) < FEW_POINTS and summary is not None:
+        ax.hlines(summary["train_loss"], 0, last, colors="grey", linestyles="dotted", linewidth=1.5,
+                  label=f"mean train loss over {last} steps")  # fmt: skip
+    ax.set_title("loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("nats per token")
-    if ax.lines:
-        ax.legend()
-    if train and "kl" in train[0]:
-        ax_kl.plot(steps, [h["kl"] for h in train], label="train KL")
-    ax_kl.set_xlabel("optimizer step")
-    ax_kl.set_ylabel("KL (nats per token)")
-    if ax_kl.lines:
-        ax_kl.legend()
-    fig.tight_layout()
+
+    kl = [(h["step"], h["kl"]) for h in train if "kl" in h]
+    lr = [(h["step"], h["learning_rate"]) for h in train if "learning_rate" in h]
+    if kl and any(v != 0 for _, v in kl):
+        draw(ax2, kl, "o-", "train KL", "C3")
+        ax2.set_title("KL to the reference")
+        ax2.set_ylabel("KL (nats per token)")
+    elif lr:
+        draw(ax2, lr, "o-", "learning rate", "C4")
+        ax2.set_title("learning rate" + (" (KL is 0: CE only)" if kl else ""))
+        ax2.set_ylabel("learning rate")
+    else:
+        ax2.set_title("KL / learning rate")
+        ax2.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax2.transAxes, color="grey")
+    ax2.set_xlabel("optimizer step")
+    for a in (ax, ax2):
+        a.set_xlim(-0.02 * last, 1.02 * last)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.grid(alpha=0.3)
+        if a.lines or a.collections:
+            a.legend(fontsize=8)
+    heading = title or "training"
+    if len(train) < FEW_POINTS:
+        every = f" every {logging_steps} steps" if logging_steps else ""
+        heading += (f" — training loss logged{every}: {_points(len(train))} in {last} steps"
+                    " (a lower logging_steps draws a denser curve)")  # fmt: skip
+    fig.suptitle(heading, fontsize=10)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -125,7 +189,8 @@ def write_outputs(
     shutil.move(str(final), str(out / "model"))
     finish_model_folder(out / "model", model_dir)
     (out / "log_history.json").write_text(json.dumps(log_history, indent=1) + "\n", encoding="utf-8")
-    loss_plot(log_history, out / "loss.png")
+    logging_steps = (report.get("settings") or {}).get("logging_steps")
+    loss_plot(log_history, out / "loss.png", title=f"{name}: loss", logging_steps=logging_steps)
     (out / f"{name}_report.json").write_text(
         json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8"
     )
