@@ -49,12 +49,27 @@ def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
     short_eval = ["evaluate.limit=4", "evaluate.text_lines=4", "evaluate.max_prompts=1",
                   "evaluate.max_new_tokens=8", "evaluate.speed=false"]  # fmt: skip
     short_sft = ["sft.max_steps=2", "sft.max_prompts=1", "sft.max_new_tokens=8", "sft.eval_max_rows=2"]
-    cfg = load_config(
-        "demo", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20", *short, *short_eval, *short_sft]
-    )
+    short_reward = ["reward.max_pairs=40", "reward.max_length=64"]
+    later = [
+        f"run_dir={tmp_path / 'run'}",
+        "transplant.eval_lines=20",
+        *short,
+        *short_eval,
+        *short_sft,
+        *short_reward,
+    ]
+    cfg = load_config("demo", later)
     actions = [(s.name, s.action) for s in pipeline.run(cfg)]
     assert actions == [("corpus", "skip"), ("tokenizer", "skip"), ("transplant", "skip"), ("pretrain", "skip"),
-                       ("reward", "run"), ("instruct", "run"), ("sft", "run"), ("evaluate", "run")]  # fmt: skip
+                       ("reward", "run"), ("instruct", "run"), ("sft", "run"), ("evaluate", "run"),
+                       ("report", "run")]  # fmt: skip
+    # one setting changed: only its stage and the stages that read it run again
+    plan = pipeline.run(load_config("demo", [*later, "sft.lr=1e-4"]), dry_run=True)
+    assert [s.name for s in plan if s.action == "run"] == ["sft", "evaluate", "report"]
+    report = tmp_path / "run" / "report"
+    assert (report / "report.html").stat().st_size > 50_000 and (report / "summary.json").is_file()
+    card = (tmp_path / "run" / "sft" / "model" / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\n") and "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
     stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
     assert stages["instruct"]["metrics"]["sources"]["ru_seed_tasks"]["in"] == 137
     s = stages["sft"]["metrics"]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from vikhr.stages import corpus, evaluate, instruct, pretrain, reward, sft, tokenizer, transplant
+from vikhr.stages import corpus, evaluate, instruct, pretrain, report, reward, sft, tokenizer, transplant
 
-STAGES: list[ModuleType] = [corpus, tokenizer, transplant, pretrain, reward, instruct, sft, evaluate]
+STAGES: list[ModuleType] = [corpus, tokenizer, transplant, pretrain, reward, instruct, sft, evaluate, report]
 
 
 def stage_names() -> list[str]:
