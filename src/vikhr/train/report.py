@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,9 +87,9 @@ def loss_plot(
     if not train and not eval_keys and summary is None:
         return None
     last = max((h.get("step", 0) for h in log_history), default=0) or 1
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig = Figure(figsize=(11, 4.2) if train else (6.5, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
-    ax, ax2 = fig.subplots(1, 2)
+    ax, ax2 = fig.subplots(1, 2) if train else (fig.add_subplot(), None)  # no KL/lr without training logs
 
     def draw(axis, pts: list[tuple[float, float]], fmt: str, label: str, color: str) -> None:
         if not pts:
@@ -116,21 +117,22 @@ def loss_plot(
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("nats per token")
 
-    kl = [(h["step"], h["kl"]) for h in train if "kl" in h]
-    lr = [(h["step"], h["learning_rate"]) for h in train if "learning_rate" in h]
-    if kl and any(v != 0 for _, v in kl):
-        draw(ax2, kl, "o-", "train KL", "C3")
-        ax2.set_title("KL to the reference")
-        ax2.set_ylabel("KL (nats per token)")
-    elif lr:
-        draw(ax2, lr, "o-", "learning rate", "C4")
-        ax2.set_title("learning rate" + (" (KL is 0: CE only)" if kl else ""))
-        ax2.set_ylabel("learning rate")
-    else:
-        ax2.set_title("KL / learning rate")
-        ax2.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax2.transAxes, color="grey")
-    ax2.set_xlabel("optimizer step")
-    for a in (ax, ax2):
+    if ax2 is not None:  # the KL, or the learning rate when the KL is 0 throughout (SFT: CE only)
+        kl = [(h["step"], h["kl"]) for h in train if "kl" in h]
+        lr = [(h["step"], h["learning_rate"]) for h in train if "learning_rate" in h]
+        if kl and any(v != 0 for _, v in kl):
+            draw(ax2, kl, "o-", "train KL", "C3")
+            ax2.set_title("KL to the reference")
+            ax2.set_ylabel("KL (nats per token)")
+        elif lr:
+            draw(ax2, lr, "o-", "learning rate", "C4")
+            ax2.set_title("learning rate" + (" (KL is 0: CE only)" if kl else ""))
+            ax2.set_ylabel("learning rate")
+        else:
+            ax2.set_title("KL / learning rate")
+            ax2.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax2.transAxes, color="grey")
+    for a in (ax, ax2) if ax2 is not None else (ax,):
+        a.set_xlabel("optimizer step")
         a.set_xlim(-0.02 * last, 1.02 * last)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.grid(alpha=0.3)
@@ -139,9 +141,10 @@ def loss_plot(
     heading = title or "training"
     if len(train) < FEW_POINTS:
         every = f" every {logging_steps} steps" if logging_steps else ""
-        heading += (f" — training loss logged{every}: {_points(len(train))} in {last} steps"
-                    " (a lower logging_steps draws a denser curve)")  # fmt: skip
-    fig.suptitle(heading, fontsize=10)
+        note = (f"training loss logged{every}: {_points(len(train))} in {last} steps "
+                "(a lower logging_steps draws a denser curve)")  # fmt: skip
+        heading += "\n" + textwrap.fill(note, width=int(fig.get_figwidth() * 12))
+    fig.suptitle(heading, fontsize=9.5)
     fig.savefig(path, dpi=120)
     return path
 
