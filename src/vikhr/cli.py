@@ -59,8 +59,14 @@ def cmd_run(args) -> int:
 
         from vikhr.config import resolve_path
 
-        plan = compute_plan(cfg, resolve_path(cfg, cfg.run_dir))
-        sys.stdout.write("\n" + format_plan(plan) + "\n")
+        from vikhr.config import ConfigError
+
+        try:
+            plan = compute_plan(cfg, resolve_path(cfg, cfg.run_dir))
+        except ConfigError as e:  # e.g. a vocabulary-only config without a model: nothing to plan on a GPU
+            sys.stdout.write(f"\ncompute plan: not available ({e})\n")
+        else:
+            sys.stdout.write("\n" + format_plan(plan) + "\n")
     else:
         _print_status(pipeline.status(cfg))
         _print_outcome(cfg)

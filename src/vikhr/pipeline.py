@@ -175,9 +175,10 @@ def plan(
                 d for d in deps if d not in selected and d not in soft and not rundir.stage_dir(d).is_dir()
             ]
             if missing and check:
-                raise ConfigError(
-                    f"stage {stage.NAME} reads the output of {', '.join(missing)}, which has no output folder in "
-                    f"{rundir.path} and not among the stages to run ({', '.join(selected)}): run it first"
+                names = " and ".join(f"the {d} stage" for d in missing)
+                raise FileNotFoundError(
+                    f"stage {stage.NAME} reads the output of {names}, not finished in {rundir.path} and not among "
+                    f"the stages to run ({', '.join(selected)}): run {names} first"
                 )
         out.append(Plan(stage.NAME, fp, action, reason))
     return out

@@ -104,7 +104,7 @@ def test_sft_without_data_or_model_is_a_clear_error(tiny_smollm, tmp_path):
     with pytest.raises(FileNotFoundError, match="instruct stage"):
         pipeline.run(cfg, "sft", "sft")
     cfg = load_config(tiny_run_config(tmp_path, tiny_smollm))
-    with pytest.raises(FileNotFoundError, match="pretrain stage first"):
+    with pytest.raises(FileNotFoundError, match="run the pretrain stage"):
         pipeline.run(cfg, "sft", "sft")
 
 

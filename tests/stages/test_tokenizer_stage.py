@@ -69,7 +69,7 @@ def test_replace_with_a_byte_level_base(tmp_path, tiny_smollm):
     ] == [("skip", "up to date"), ("run", "config or inputs changed")]
     assert [s.action for s in pipeline.run(cfg, stop="tokenizer", force=["tokenizer"])] == ["skip", "run"]
     rows = pipeline.status(cfg)
-    assert [r["state"] for r in rows] == ["done", "done"] + ["not run"] * 6
+    assert [r["state"] for r in rows] == ["done", "done"] + ["not run"] * 7
     assert rows[1]["state"] == "done" and rows[1]["metrics"]["vocab_size"] == 2000
 
 

@@ -82,7 +82,7 @@ def test_stage_list_order_and_missing_inputs_fail_before_work(graph, tmp_path):
     with pytest.raises(ConfigError, match="unknown stage 'nope'"):
         pipeline.run(cfg)
     cfg.stages = ["a", "b", "d"]  # d reads c, which is neither listed nor finished
-    with pytest.raises(ConfigError, match="stage d reads the output of c, which has no output folder"):
+    with pytest.raises(FileNotFoundError, match="stage d reads the output of the c stage, not finished"):
         pipeline.run(cfg)
     assert CALLS == []
     cfg.stages = ["a", "c"]
