@@ -21,6 +21,8 @@ def test_demo_config_runs_and_second_run_skips(tmp_path, monkeypatch, shared):
         "pretrain.eval_steps=2",
         "pretrain.save_steps=2",
         "pretrain.logging_steps=1",
+        "transplant.calibration_tokens=8192",  # the calibration mechanics, not its full 40k-token fit (~90 s)
+        "transplant.calibration_epochs=1",
     ]
     cfg = load_config("demo", [f"run_dir={tmp_path / 'run'}", "transplant.eval_lines=20", *short])
     assert [s.action for s in pipeline.run(cfg, stop="pretrain")] == ["run", "run", "run", "run"]
