@@ -56,10 +56,7 @@ def cmd_run(args) -> int:
         for p in steps:
             sys.stdout.write(f"{p.name}\t{p.action}\t{p.reason}\n")
         from vikhr.compute import compute_plan, format_plan
-
-        from vikhr.config import resolve_path
-
-        from vikhr.config import ConfigError
+        from vikhr.config import ConfigError, resolve_path
 
         try:
             plan = compute_plan(cfg, resolve_path(cfg, cfg.run_dir))

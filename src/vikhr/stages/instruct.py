@@ -39,6 +39,8 @@ SOFT: tuple[str, ...] = ("tokenizer",)
 def depends(cfg: Config) -> tuple[str, ...]:
     """This run's reward model when `instruct.reward_model: reward`; the run's tokenizer for the token counts."""
     return (("reward",) if cfg.instruct.reward_model == "reward" else ()) + ("tokenizer",)
+
+
 BUNDLED_SEEDS = "bundled:instruct/ru_seed_tasks.jsonl"
 """The rulm Russian seed tasks shipped with the package (Apache-2.0): the default source."""
 
