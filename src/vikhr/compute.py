@@ -629,7 +629,9 @@ def _pretrain(cfg: Config, run: Path | None, shape: ModelShape, src: ModelShape,
     steps = _train_steps(tokens, p, c.gpus)
     n = shape.params
     parts = {"train 6·N·D": 6 * n * tokens}
-    kl = p.reference != "none" and p.kl_weight > 0
+    kl = (
+        p.reference != "none"
+    )  # the reference forward runs even at kl_weight 0: KL is still measured and logged
     if kl and p.reference == "init":
         parts["KL reference forward 2·N·D"] = 2 * n * tokens
     elif kl:  # `base`: the source model reads the same text under its own tokenizer
@@ -940,7 +942,7 @@ def _memory(cfg: Config, stages: dict, shapes: dict[str, ModelShape]) -> list[di
     rows = []
     if "pretrain" in stages:
         p, shape = cfg.pretrain, shapes["pretrain"]
-        kl = p.reference != "none" and p.kl_weight > 0
+        kl = p.reference != "none"
         ref = (shape if p.reference == "init" else shapes["source"]) if kl else None
         rows.append(_memory_row(
             "pretrain", cfg, shape, p, trained=shape.params, reference=ref, rows=p.batch_size, seq=p.seq_len,
@@ -969,7 +971,7 @@ def _memory(cfg: Config, stages: dict, shapes: dict[str, ModelShape]) -> list[di
 
 FORMULAS = [
     "training FLOPs = 6·N·D (N: all parameters, embeddings and LM head included; D: trained tokens)",
-    "KL reference forward = 2·N_ref·D (pretrain.reference init/base with kl_weight > 0)",
+    "KL reference forward = 2·N_ref·D (pretrain.reference init or base, also at kl_weight 0: the KL is still measured)",
     "gradient checkpointing recompute = 2·N_layers·D (the decoder layers; embeddings and LM head are not recomputed)",
     "LoRA: 4·N·D (forward + gradients of the activations) + 6·N_lora·D; evaluation and scoring: 2·N·D",
     "GPU-hours = FLOPs / (peak_tflops·1e12 · mfu) / 3600; wall hours = GPU-hours / GPUs of the stage",

@@ -230,3 +230,15 @@ def test_switches_change_the_terms(pairs_file: Path) -> None:
     assert calibrated["steps"] and "fit new rows 4·V·h·0.9T·epochs" in calibrated["flops_parts"]
     only = compute_plan(mistral(pairs_file, "stages=[pretrain]"))
     assert list(only["stages"]) == ["pretrain"]
+
+
+def test_kl_weight_zero_still_counts_the_reference_forward(tmp_path):
+    """The trainer runs the reference at kl_weight 0 (the KL is still measured and logged): the plan counts it;
+    only `reference: none` drops it."""
+    from vikhr.compute import compute_plan
+    from vikhr.config import load_config
+
+    def flops(*o: str) -> float:
+        return compute_plan(load_config("demo", list(o)))["stages"]["pretrain"]["flops"]
+
+    assert flops("pretrain.kl_weight=0") == flops() > flops("pretrain.reference=none")
