@@ -47,18 +47,18 @@ PRESETS: dict[str, Preset] = {
     "vocab": Preset(
         "Table 7 (vocabulary size)", "tokenizer.vocab_size", ["33000", "40000", "60000", "80000"],
         ["corpus", "tokenizer", "transplant", "pretrain", "evaluate"], ["evaluate.models=[pretrain]"],
-        ["tokenizer.chars_per_token.*", "pretrain.bits_per_char.*", "evaluate.pretrain.bpc/*",
+        ["tokenizer.chars_per_token.*", "pretrain.bits_per_char.trained.*", "evaluate.pretrain.bpc/*",
          "evaluate.pretrain.rcb/*", "evaluate.pretrain.xnli*", "evaluate.pretrain.lidirus/*"],
     ),
     "filter": Preset(
         "Table 8 (corpus filtering)", "corpus.filtering", ["true", "false"],
         ["corpus", "tokenizer", "transplant", "pretrain", "evaluate"], ["evaluate.models=[pretrain]"],
-        ["corpus.kept_*", "corpus.dropped_*", "pretrain.bits_per_char.*", "evaluate.pretrain.*"],
+        ["corpus.kept_*", "corpus.dropped_*", "pretrain.bits_per_char.trained.*", "evaluate.pretrain.*"],
     ),
     "kl": Preset(
         "Table 9 (KL term)", "pretrain.kl_weight", ["0", "1"],
         ["corpus", "tokenizer", "transplant", "pretrain", "evaluate"], ["evaluate.models=[pretrain]"],
-        ["pretrain.bits_per_char.*", "pretrain.train_loss", "evaluate.pretrain.*"],
+        ["pretrain.bits_per_char.trained.*", "pretrain.train_loss", "evaluate.pretrain.*"],
     ),
     "instruct": Preset(
         "Table 10 (instruction sets)", "instruct.use", [],  # values: each source alone, then all of them
@@ -223,7 +223,12 @@ def write_table(study: Study, rows: list[dict], shared: list[dict]) -> dict[str,
 
 
 def _plot(study: Study, rows: list[dict], cols: list[str], path: Path) -> Path | None:
-    numeric = [c for c in cols if all(isinstance(r["metrics"].get(c), int | float) for r in rows)][:8]
+    numeric = [
+        c
+        for c in cols
+        if all(isinstance(r["metrics"].get(c), int | float) for r in rows)
+        and len({r["metrics"][c] for r in rows}) > 1
+    ][:8]  # a panel per metric that varies: a constant one says nothing at a glance (it stays in the table)
     if not numeric:
         return None
     import matplotlib
