@@ -286,6 +286,24 @@ def test_replace_vocabulary_without_dummy_prefix(replace_spm_tokenizer, tmp_path
     assert tok.apply_chat_template(chat, tokenize=False) == orig_tok.apply_chat_template(chat, tokenize=False)
 
 
+def test_a_trained_replace_model_folder_exports(replace_spm_tokenizer, tmp_path):
+    """A training stage's output (pretrain / sft `model/`: weights saved by the Trainer, tokenizer files copied by
+    `finish_model_folder`) keeps the vocabulary's SentencePiece model, so the run's final model exports."""
+    import shutil
+
+    from vikhr.train.report import finish_model_folder
+
+    src = tiny_model(tmp_path / "src", replace_spm_tokenizer, tie=True)
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(src / f, trained / f)
+    finish_model_folder(trained, src)
+    assert (trained / "sentencepiece.model").is_file()
+    export_gguf(trained, tmp_path / "t.gguf", "f16")
+    assert read_fields(tmp_path / "t.gguf")[0]["tokenizer.ggml.model"] == "llama"
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 

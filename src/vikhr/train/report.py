@@ -14,7 +14,11 @@ log = get_logger(__name__)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "chat_template.jinja", "added_tokens.json", "vocab.json", "merges.txt")  # fmt: skip
+                   "chat_template.jinja", "added_tokens.json", "vocab.json", "merges.txt",
+                   "sentencepiece.model", "vikhr_tokenizer.json")  # fmt: skip
+"""Copied beside a trained model's weights: the HF tokenizer files, and the vocabulary stage's own SentencePiece
+model and its description (the GGUF export and the tokenizer checks read them: a `replace` vocabulary's model
+folder without them could not be exported)."""
 
 
 def bpc_table(models: dict[str, tuple], texts: dict[str, list[str]]) -> dict[str, dict[str, float]]:
