@@ -229,3 +229,10 @@ def test_a_training_stage_with_a_launcher_runs_under_accelerate(monkeypatch, tmp
     cfg.pretrain.launcher = "no-such-launcher"
     with pytest.raises(ValueError, match="unknown launcher"):
         pipeline.run(cfg, force=["pretrain"])
+
+
+def test_cli_bad_ablation_key_exits_2_naming_it(tmp_path, capsys):
+    from vikhr.cli import main
+
+    assert main(["ablate", "-c", _config(tmp_path), "--grid", "pretrain.kl_wieght=0,1"]) == 2
+    assert "pretrain.kl_wieght" in capsys.readouterr().err and not (tmp_path / "run-ablate").exists()
