@@ -268,7 +268,6 @@ def share_plan(base: Config, studies: list[Study]) -> list[tuple[Study, Variant,
 
     seen: dict[tuple[str, str], str] = {}
     base_dir = resolve_path(base, base.run_dir)
-    man = Manifest(base_dir / "manifest.json") if (base_dir / "manifest.json").is_file() else None
     out = []
     for study in studies:
         for v in study.variants:
@@ -276,8 +275,7 @@ def share_plan(base: Config, studies: list[Study]) -> list[tuple[Study, Variant,
             where = {}
             for name in pipeline.configured_stages(v.cfg):
                 fp = fps[name]
-                rec = man.get(name) if man else None
-                if rec and rec.get("fingerprint") == fp and (base_dir / name).is_dir():
+                if pipeline.reusable(name, fp, [base_dir]) is not None:
                     where[name] = f"reuse {base_dir}"
                 elif (name, fp) in seen:
                     where[name] = f"reuse {seen[(name, fp)]}"

@@ -184,7 +184,7 @@ def plan(
     return out
 
 
-def _reusable(name: str, fingerprint: str, reuse: list[Path]) -> tuple[Path, dict] | None:
+def reusable(name: str, fingerprint: str, reuse: list[Path]) -> tuple[Path, dict] | None:
     """A finished `name` stage with this fingerprint in one of the `reuse` run directories."""
     for other in reuse:
         other = Path(other)
@@ -240,7 +240,7 @@ def run(
             continue
         stage = get_stage(p.name)
         t0 = time.time()
-        found = _reusable(p.name, p.fingerprint, list(reuse)) if p.reason != "forced" else None
+        found = reusable(p.name, p.fingerprint, list(reuse)) if p.reason != "forced" else None
         if found is not None:
             other, rec = found
             if main:
@@ -285,7 +285,11 @@ def _launched(cfg: Config, rundir: RunDir, p: Plan) -> bool:
         return False
     launch.launcher_config(launcher)  # an unknown name fails here
     ident = config_identity(cfg)  # a shipped config by name: its relative paths stay taken from here
-    argv = [p.name, "-c", "demo" if ident == "defaults" else ident, *cfg.overrides]
+    if ident == "defaults":
+        raise ValueError(
+            f"{p.name}.launcher needs a config file to pass to the launched processes (use -c FILE)"
+        )
+    argv = [p.name, "-c", ident, *cfg.overrides]
     argv += ["--force"] if p.reason == "forced" else []
     rc = launch.relaunch(launcher, argv, section.num_processes)
     rundir.manifest = Manifest(rundir.manifest.path)
